@@ -1,0 +1,12 @@
+"""fastmma: fused Mixture-of-Modality adapters (LaVIN) for Hugging Face LLaMA-family models."""
+from .config import MMAConfig
+from .patching import adapter_parameters, is_patched, merge, patch, supported_model_types, unpatch
+from .serialization import load_adapters, save_adapters
+from .summary import print_trainable_parameters, trainable_parameters, trainable_summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MMAConfig", "adapter_parameters", "is_patched", "load_adapters", "merge", "patch", "print_trainable_parameters",
+    "save_adapters", "supported_model_types", "trainable_parameters", "trainable_summary", "unpatch",
+]

@@ -1,0 +1,4 @@
+"""Trainable adapter modules."""
+from .mma import MMAAdapter
+
+__all__ = ["MMAAdapter"]

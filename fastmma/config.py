@@ -1,0 +1,72 @@
+"""Configuration dataclasses for fastmma's adapters."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+MMA_TARGETS = ("attn", "ffn")
+
+
+@dataclass
+class MMAConfig:
+    """Mixture-of-Modality adapter settings (LaVIN's defaults for a 7B model).
+
+    rank: width of the shared down-projection h = A n + a.
+    groups: the up-projections are block-diagonal with this many groups.
+    experts: number of up-projections mixed by the router.
+    scale: s in y = n + s * sum_e w_e (U_e h + c_e).
+    temperature: router softmax temperature (10 for 7B, 5 for 13B in the paper).
+    dropout: dropout probability on h during training.
+    targets: "attn" puts an adapter on the attention's input norm, "ffn" on the FFN's.
+    num_modalities: number of modality ids (0 = text, 1 = image).
+    """
+
+    rank: int = 8
+    groups: int = 2
+    experts: int = 2
+    scale: float = 1.0
+    temperature: float = 10.0
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ("attn",)
+    num_modalities: int = 2
+
+    def __post_init__(self):
+        if isinstance(self.targets, str):
+            self.targets = (self.targets,)
+        self.targets = tuple(self.targets)
+        _require(isinstance(self.rank, int) and self.rank > 0, "rank", f"must be a positive integer, got {self.rank!r}")
+        _require(isinstance(self.groups, int) and self.groups > 0, "groups", f"must be a positive integer, got {self.groups!r}")
+        _require(self.rank % self.groups == 0, "rank",
+                 f"rank={self.rank} is not divisible by groups={self.groups}; choose a rank that is a multiple of groups")
+        _require(isinstance(self.experts, int) and self.experts > 0, "experts", f"must be a positive integer, got {self.experts!r}")
+        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature!r}")
+        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _require(isinstance(self.num_modalities, int) and self.num_modalities > 0, "num_modalities",
+                 f"must be a positive integer, got {self.num_modalities!r}")
+        _require(len(self.targets) > 0, "targets", f"must name at least one of {MMA_TARGETS}")
+        unknown = [t for t in self.targets if t not in MMA_TARGETS]
+        _require(not unknown, "targets", f"unknown target(s) {unknown}; supported targets are {MMA_TARGETS}")
+        _require(len(set(self.targets)) == len(self.targets), "targets", f"lists a target twice: {self.targets}")
+
+    def check_hidden_size(self, hidden_size: int) -> None:
+        """Raise ValueError if the adapter cannot be laid over a model of this width."""
+        _require(hidden_size % self.groups == 0, "groups",
+                 f"the model's hidden size {hidden_size} is not divisible by groups={self.groups}; "
+                 f"choose groups that divide {hidden_size}")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["targets"] = list(self.targets)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MMAConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"MMAConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**values)
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"MMAConfig.{field_name}: {message}")

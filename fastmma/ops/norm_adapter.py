@@ -1,0 +1,89 @@
+"""RMSNorm followed by the MMA adapter, as one op with pluggable backends.
+
+    n = RMSNorm(x) * norm_weight
+    h = (A n + a) * h_mask                                    # [rows, r]; h_mask = dropout multipliers or None
+    y = n + U_eff[b] h + c_eff[b]                             # U_eff = scale * sum_e w[b, e] U_e (block-diagonal)
+
+Two routing forms share the op:
+- `rms_norm_adapter`: per-sample router weights [B, E] (MMA / LaVIN);
+- `rms_norm_adapter_by_expert`: a per-token expert id [B, L] (MultiWay: one expert per modality).
+
+Backends ("reference", "torch", and "triton"/"cpp" when registered) take the same
+arguments and return y [B, L, D] in x's dtype; autograd flows through every input.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import reference
+from . import backend
+
+OP_PER_SAMPLE = "rms_norm_adapter"
+OP_PER_TOKEN = "rms_norm_adapter_by_expert"
+
+
+def rms_norm_adapter(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, router_weights, scale,
+                     h_mask=None):
+    """x [B, L, D], router_weights [B, E] -> y [B, L, D]. See the module docstring."""
+    _, impl = backend.resolve(OP_PER_SAMPLE, x.device.type)
+    return impl(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, router_weights, scale, h_mask)
+
+
+def rms_norm_adapter_by_expert(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, expert_ids, scale,
+                               h_mask=None):
+    """x [B, L, D], expert_ids [B, L] (int) -> y [B, L, D]. See the module docstring."""
+    _, impl = backend.resolve(OP_PER_TOKEN, x.device.type)
+    return impl(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, expert_ids, scale, h_mask)
+
+
+def _torch_down(x, norm_weight, eps, down_weight, down_bias, h_mask):
+    normed = reference.rms_norm_reference(x, norm_weight, eps)                  # [B, L, D]
+    h = F.linear(normed, down_weight.to(normed.dtype), down_bias.to(normed.dtype))  # [B, L, r]
+    if h_mask is not None:
+        h = h * h_mask.to(h.dtype)
+    return normed, h
+
+
+def _grouped_up(h, up_weight):
+    """Block-diagonal up-projection without its bias.
+
+    h [B, L, r]; up_weight [D, r/G] shared by the batch, or [B, D, r/G] per sample.
+    Returns [B, L, D].
+    """
+    batch, length, rank = h.shape
+    hidden, rank_per_group = up_weight.shape[-2:]
+    groups = rank // rank_per_group
+    h_grouped = h.reshape(batch, length, groups, rank_per_group)                  # [B, L, G, r/G]
+    up_grouped = up_weight.reshape(*up_weight.shape[:-2], groups, hidden // groups, rank_per_group)
+    if up_weight.dim() == 2:
+        out = torch.einsum("blgk,gdk->blgd", h_grouped, up_grouped)
+    else:
+        out = torch.einsum("blgk,bgdk->blgd", h_grouped, up_grouped)
+    return out.reshape(batch, length, hidden)
+
+
+def torch_rms_norm_adapter(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, router_weights, scale,
+                           h_mask=None):
+    normed, h = _torch_down(x, norm_weight, eps, down_weight, down_bias, h_mask)
+    weights = router_weights.to(normed.dtype)                                     # [B, E]
+    up_eff = scale * torch.einsum("be,edk->bdk", weights, up_weight.to(normed.dtype))  # [B, D, r/G]
+    bias_eff = scale * weights @ up_bias.to(normed.dtype)                         # [B, D]
+    return normed + _grouped_up(h, up_eff) + bias_eff[:, None, :]
+
+
+def torch_rms_norm_adapter_by_expert(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, expert_ids,
+                                     scale, h_mask=None):
+    normed, h = _torch_down(x, norm_weight, eps, down_weight, down_bias, h_mask)
+    out = normed
+    for expert in range(up_weight.shape[0]):
+        chosen = (expert_ids == expert).to(normed.dtype)[..., None]               # [B, L, 1]
+        branch = _grouped_up(h, up_weight[expert].to(normed.dtype)) + up_bias[expert].to(normed.dtype)
+        out = out + scale * chosen * branch
+    return out
+
+
+backend.register(OP_PER_SAMPLE, "torch", torch_rms_norm_adapter)
+backend.register(OP_PER_SAMPLE, "reference", reference.norm_adapter_reference)
+backend.register(OP_PER_TOKEN, "torch", torch_rms_norm_adapter_by_expert)
+backend.register(OP_PER_TOKEN, "reference", reference.norm_adapter_by_expert_reference)

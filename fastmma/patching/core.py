@@ -1,0 +1,120 @@
+"""fastmma.patch / fastmma.unpatch for decoder-only causal LMs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..adapters import MMAAdapter
+from ..config import MMAConfig
+from . import llama  # noqa: F401  (registers the LLaMA-layout families)
+from .model_class import original_class, patched_class_for
+from .norm import MMARMSNorm
+from .registry import DecoderFamily, family_for
+from .routing import RoutingContext
+
+MODALITY_EMBEDDING_NAME = "fastmma_modality_embedding"
+
+
+@dataclass
+class PatchSite:
+    """One patched norm: `parent.<attr>` was `original` and is now `module`."""
+
+    layer_index: int
+    target: str
+    parent: nn.Module
+    attr: str
+    original: nn.Module
+    module: MMARMSNorm
+
+
+@dataclass
+class PatchState:
+    """What fastmma keeps on a patched model (as the plain attribute `model._fastmma`)."""
+
+    config: MMAConfig
+    family: DecoderFamily
+    sites: list[PatchSite]
+    routing: RoutingContext
+    requires_grad_before: dict[str, bool]
+    table_dependencies: list[torch.Tensor]
+    last_site_layer: int
+
+
+def modality_embedding(model: nn.Module) -> nn.Embedding:
+    """The learnable modality embedding [num_modalities, D] of a patched model."""
+    return getattr(model, MODALITY_EMBEDDING_NAME)
+
+
+def is_patched(model: nn.Module) -> bool:
+    return getattr(model, "_fastmma", None) is not None
+
+
+def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
+    """Add MMA adapters, a modality embedding and routers to `model`; freeze the base. Returns `model`."""
+    if is_patched(model):
+        raise RuntimeError("this model is already patched by fastmma; call fastmma.unpatch(model) first "
+                           "(or fastmma.load_adapters to load new adapter weights into it)")
+    config = config or MMAConfig()
+    if not isinstance(config, MMAConfig):
+        raise TypeError(f"fastmma.patch takes an MMAConfig for causal LMs; got {type(config).__name__}")
+    family = family_for(model)
+    hidden_size = model.config.hidden_size
+    config.check_hidden_size(hidden_size)
+    reference_param = family.decoder(model).embed_tokens.weight
+    device = reference_param.device
+
+    requires_grad_before = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    layers = family.layers(model)
+    routing = RoutingContext(num_sites=len(layers) * len(config.targets), num_modalities=config.num_modalities)
+    sites = []
+    for layer_index, layer in enumerate(layers):
+        for target in config.targets:
+            attr = family.norm_attrs[target]
+            original = getattr(layer, attr)
+            adapter = MMAAdapter(hidden_size, config).to(device=device, dtype=torch.float32)
+            module = MMARMSNorm(original, adapter, routing, site_index=len(sites)).train(model.training)
+            setattr(layer, attr, module)
+            sites.append(PatchSite(layer_index, target, layer, attr, original, module))
+
+    modality_embedding = nn.Embedding(config.num_modalities, hidden_size).to(device=device, dtype=torch.float32)
+    model.add_module(MODALITY_EMBEDDING_NAME, modality_embedding)
+    state = PatchState(config, family, sites, routing, requires_grad_before,
+                       table_dependencies=list(model.parameters()), last_site_layer=len(layers) - 1)
+    object.__setattr__(model, "_fastmma", state)
+    model.__class__ = patched_class_for(type(model))
+    return model
+
+
+def unpatch(model: nn.Module) -> nn.Module:
+    """Remove every fastmma module and restore the original ones and their requires_grad flags."""
+    state = _require_patched(model, "unpatch")
+    _restore_base(model, state)
+    for name, p in model.named_parameters():
+        p.requires_grad_(state.requires_grad_before.get(name, p.requires_grad))
+    return model
+
+
+def _restore_base(model: nn.Module, state: PatchState) -> None:
+    for site in state.sites:
+        setattr(site.parent, site.attr, site.original)
+    delattr(model, MODALITY_EMBEDDING_NAME)
+    model.__class__ = original_class(type(model))
+    object.__delattr__(model, "_fastmma")
+
+
+def _require_patched(model: nn.Module, action: str) -> PatchState:
+    if not is_patched(model):
+        raise RuntimeError(f"fastmma.{action} needs a model patched by fastmma.patch; this one is not patched")
+    return model._fastmma
+
+
+def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The trainable fastmma parameters of a patched model, by their names in `model`."""
+    _require_patched(model, "adapter_parameters")
+    return {name: p for name, p in model.named_parameters()
+            if ".adapter." in name or name.startswith(MODALITY_EMBEDDING_NAME + ".")}

@@ -1,0 +1,69 @@
+"""The patched model class: the original class plus a `modality=` keyword on forward.
+
+We swap `model.__class__` for a subclass (same name) whose forward computes the router
+tables, then calls the original forward. The subclass's forward advertises the original
+signature plus `modality`, because `generate()` forwards a model kwarg only if forward's
+signature names it, and inspects it for `position_ids` and `logits_to_keep`.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .routing import modality_ids_for
+
+_PATCHED_CLASSES: dict[type, type] = {}
+
+
+def patched_class_for(base_class: type) -> type:
+    if base_class not in _PATCHED_CLASSES:
+        _PATCHED_CLASSES[base_class] = _make_patched_class(base_class)
+    return _PATCHED_CLASSES[base_class]
+
+
+def original_class(patched_class: type) -> type:
+    return patched_class._fastmma_base_class
+
+
+def _make_patched_class(base_class: type) -> type:
+    base_forward = base_class.forward
+    base_signature = inspect.signature(base_forward)
+
+    def forward(self, *args, modality=None, **kwargs):
+        bound = base_signature.bind_partial(self, *args, **kwargs).arguments
+        batch_size, device = _batch_size_and_device(bound)
+        state = self._fastmma
+        modality_ids = modality_ids_for(modality, batch_size, state.config.num_modalities, device)
+        state.routing.refresh_tables(self, state.table_dependencies)
+        state.routing.begin_main_pass(modality_ids)
+        return base_forward(self, *args, **kwargs)
+
+    forward.__signature__ = _with_modality_parameter(base_signature)
+    forward.__doc__ = (base_forward.__doc__ or "") + (
+        "\n\nmodality (int or LongTensor [batch], default 0): fastmma modality id per sample (0 = text, 1 = image).")
+    forward.__name__ = "forward"
+    forward.__qualname__ = f"{base_class.__name__}.forward"
+    return type(base_class.__name__, (base_class,), {
+        "forward": forward,
+        "_fastmma_base_class": base_class,
+        "__module__": base_class.__module__,
+    })
+
+
+def _with_modality_parameter(signature: inspect.Signature) -> inspect.Signature:
+    params = list(signature.parameters.values())
+    modality = inspect.Parameter("modality", inspect.Parameter.KEYWORD_ONLY, default=None)
+    insert_at = len(params)
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        insert_at -= 1
+    params.insert(insert_at, modality)
+    return signature.replace(parameters=params)
+
+
+def _batch_size_and_device(arguments: dict) -> tuple[int, torch.device]:
+    for name in ("input_ids", "inputs_embeds"):
+        value = arguments.get(name)
+        if isinstance(value, torch.Tensor):
+            return value.shape[0], value.device
+    raise ValueError("the patched model needs input_ids or inputs_embeds to know the batch size")

@@ -1,0 +1,120 @@
+"""save_adapters / load_adapters: only the trainable tensors, as safetensors + JSON. Never unpickles."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .atomic import atomic_path, write_json_atomic
+from .config import MMAConfig
+from .patching.core import adapter_parameters, is_patched, patch, unpatch
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+FORMAT = "fastmma-mma"
+FORMAT_VERSION = 1
+
+
+def save_adapters(model: nn.Module, directory: str | Path) -> Path:
+    """Write `adapter_model.safetensors` and `adapter_config.json` to `directory`, each atomically."""
+    tensors = {name: p.detach().to("cpu").contiguous() for name, p in adapter_parameters(model).items()}
+    directory = Path(directory)
+    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_json_atomic(directory / ADAPTER_CONFIG, {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model._fastmma.config.to_dict(),
+        "base_model": _base_description(model),
+    })
+    return directory
+
+
+def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Load saved adapters into `model`, patching it first (from the saved config) if it is not patched."""
+    directory = Path(directory)
+    saved = read_adapter_config(directory)
+    config = MMAConfig.from_dict(saved["config"])
+    _check_base_matches(model, saved["base_model"], directory)
+    tensors = _read_tensors(directory / ADAPTER_WEIGHTS)
+    patched_here = not is_patched(model)
+    if patched_here:
+        patch(model, config)
+    elif model._fastmma.config != config:
+        raise ValueError(f"the adapters in {directory} were saved with {config}, but this model is patched with "
+                         f"{model._fastmma.config}; call fastmma.unpatch(model) first, or load into an unpatched model")
+    try:
+        _copy_into(adapter_parameters(model), tensors, directory)
+    except Exception:
+        if patched_here:
+            unpatch(model)
+        raise
+    return model
+
+
+def read_adapter_config(directory: Path) -> dict:
+    path = Path(directory) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {directory}; save adapters with fastmma.save_adapters")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated") from err
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a fastmma adapter config (expected \"format\": \"{FORMAT}\")")
+    if saved.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {saved['format_version']}; this fastmma reads up to "
+                         f"{FORMAT_VERSION}: upgrade fastmma")
+    return saved
+
+
+def _base_description(model: nn.Module) -> dict:
+    return {"model_type": model.config.model_type, "hidden_size": model.config.hidden_size,
+            "num_hidden_layers": model.config.num_hidden_layers}
+
+
+def _check_base_matches(model: nn.Module, saved_base: dict, directory: Path) -> None:
+    current = _base_description(model)
+    for key in ("hidden_size", "num_hidden_layers"):
+        if saved_base.get(key) != current[key]:
+            raise ValueError(f"the adapters in {directory} were trained on a base model with {key}="
+                             f"{saved_base.get(key)}, but this model has {key}={current[key]}; "
+                             f"load them into the base model they were trained on")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        others = sorted(p.name for p in path.parent.glob("adapter_model.*"))
+        hint = f" (found {others}: fastmma reads only safetensors, never pickles)" if others else ""
+        raise FileNotFoundError(f"no {ADAPTER_WEIGHTS} in {path.parent}{hint}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated or not "
+                         f"safetensors at all. Re-save it with fastmma.save_adapters") from err
+
+
+def _copy_into(params: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise KeyError(f"adapter tensors in {directory} do not match the patched model: "
+                       f"missing {_preview(missing)}, unexpected {_preview(unexpected)}")
+    for name, param in params.items():
+        if tuple(tensors[name].shape) != tuple(param.shape):
+            raise ValueError(f"adapter tensor {name!r} in {directory} has shape {tuple(tensors[name].shape)}, "
+                             f"the model expects {tuple(param.shape)}")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[name])
+
+
+def _preview(names: list[str], limit: int = 5) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"
