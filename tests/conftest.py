@@ -1,0 +1,19 @@
+"""Test-wide set-up. TRITON_INTERPRET must be set before any @triton.jit function is defined,
+so it is set here, before fastmma is imported, to run the Triton kernels on the CPU."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fastmma  # noqa: E402,F401
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
