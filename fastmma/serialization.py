@@ -12,15 +12,19 @@ from torch import nn
 from .atomic import atomic_path, write_json_atomic
 from .config import MMAConfig
 from .patching.core import adapter_parameters, is_patched, patch, unpatch
+from .patching.methods import handler_for_model, handler_named
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-FORMAT = "fastmma-mma"
+FORMAT = "fastmma-adapters"
 FORMAT_VERSION = 1
 
 
 def save_adapters(model: nn.Module, directory: str | Path) -> Path:
     """Write `adapter_model.safetensors` and `adapter_config.json` to `directory`, each atomically."""
+    other_method = handler_for_model(model)
+    if other_method is not None:
+        return other_method.save(model, directory)
     tensors = {name: p.detach().to("cpu").contiguous() for name, p in adapter_parameters(model).items()}
     directory = Path(directory)
     with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
@@ -28,6 +32,7 @@ def save_adapters(model: nn.Module, directory: str | Path) -> Path:
     write_json_atomic(directory / ADAPTER_CONFIG, {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "method": "mma",
         "config": model._fastmma.config.to_dict(),
         "base_model": _base_description(model),
     })
@@ -38,6 +43,9 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     """Load saved adapters into `model`, patching it first (from the saved config) if it is not patched."""
     directory = Path(directory)
     saved = read_adapter_config(directory)
+    other_method = handler_named(saved.get("method", "mma"))
+    if other_method is not None:
+        return other_method.load(model, directory, saved)
     config = MMAConfig.from_dict(saved["config"])
     _check_base_matches(model, saved["base_model"], directory)
     tensors = _read_tensors(directory / ADAPTER_WEIGHTS)
@@ -66,6 +74,8 @@ def read_adapter_config(directory: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated") from err
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fastmma adapter config (expected \"format\": \"{FORMAT}\")")
+    if saved.get("method", "mma") != "mma" and handler_named(saved["method"]) is None:
+        raise ValueError(f"{path} holds adapters of method {saved['method']!r}, which this fastmma does not know")
     if saved.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {saved['format_version']}; this fastmma reads up to "
                          f"{FORMAT_VERSION}: upgrade fastmma")

@@ -9,6 +9,7 @@ from torch import nn
 from ..adapters import MMAAdapter
 from ..config import MMAConfig
 from . import llama  # noqa: F401  (registers the LLaMA-layout families)
+from .methods import handler_for_config, handler_for_model
 from .model_class import original_class, patched_class_for
 from .norm import MMARMSNorm
 from .registry import DecoderFamily, family_for
@@ -40,6 +41,7 @@ class PatchState:
     requires_grad_before: dict[str, bool]
     table_dependencies: list[torch.Tensor]
     last_site_layer: int
+    method: str = "mma"
 
 
 def modality_embedding(model: nn.Module) -> nn.Embedding:
@@ -56,9 +58,13 @@ def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
     if is_patched(model):
         raise RuntimeError("this model is already patched by fastmma; call fastmma.unpatch(model) first "
                            "(or fastmma.load_adapters to load new adapter weights into it)")
+    other_method = handler_for_config(config)
+    if other_method is not None:
+        return other_method.patch(model, config)
     config = config or MMAConfig()
     if not isinstance(config, MMAConfig):
-        raise TypeError(f"fastmma.patch takes an MMAConfig for causal LMs; got {type(config).__name__}")
+        raise TypeError(f"fastmma.patch takes an MMAConfig (or another registered method's config); "
+                        f"got {type(config).__name__}")
     family = family_for(model)
     hidden_size = model.config.hidden_size
     config.check_hidden_size(hidden_size)
@@ -92,6 +98,9 @@ def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
 
 def unpatch(model: nn.Module) -> nn.Module:
     """Remove every fastmma module and restore the original ones and their requires_grad flags."""
+    other_method = handler_for_model(model)
+    if other_method is not None:
+        return other_method.unpatch(model)
     state = _require_patched(model, "unpatch")
     _restore_base(model, state)
     for name, p in model.named_parameters():

@@ -13,11 +13,15 @@ from torch import nn
 
 from ..adapters.mma import dense_block_diagonal
 from .core import PatchSite, _require_patched, _restore_base
+from .methods import handler_for_model
 
 
 @torch.no_grad()
 def merge(model: nn.Module, modality: int = 0) -> nn.Module:
     """Fold every adapter, routed for `modality`, into the following Linear layers and return the plain model."""
+    other_method = handler_for_model(model)
+    if other_method is not None:
+        return other_method.merge(model, modality=modality)
     state = _require_patched(model, "merge")
     if isinstance(modality, bool) or not isinstance(modality, int) or not 0 <= modality < state.config.num_modalities:
         raise ValueError(f"fastmma.merge(modality=...) takes one int in [0, {state.config.num_modalities - 1}]; "
