@@ -88,6 +88,7 @@ class LaVINAdapter(nn.Module):
     def from_adapter(cls, adapter, dtype=torch.float64) -> "LaVINAdapter":
         ref = cls(adapter.hidden_size, adapter.rank, adapter.groups, adapter.experts, adapter.scale,
                   adapter.temperature, adapter.dropout)
+        ref = ref.to(device=adapter.down.weight.device, dtype=dtype)
         with torch.no_grad():
             ref.conv_down.weight.copy_(adapter.down.weight[:, :, None])
             ref.conv_down.bias.copy_(adapter.down.bias)
@@ -96,7 +97,7 @@ class LaVINAdapter(nn.Module):
                 conv.bias.copy_(adapter.up_bias[expert])
             ref.expert_router.weight.copy_(adapter.router.weight)
             ref.expert_router.bias.copy_(adapter.router.bias)
-        return ref.to(device=adapter.down.weight.device, dtype=dtype).train(adapter.training)
+        return ref.train(adapter.training)
 
     def forward(self, normed: torch.Tensor) -> torch.Tensor:
         n_t = normed.transpose(1, 2)                                                 # [B, D, L]

@@ -29,10 +29,11 @@ def merge(model: nn.Module, modality: int = 0) -> nn.Module:
     was_training = model.training
     model.eval()
     state.routing.refresh_tables(model, state.table_dependencies)
+    targets_gaining_biases = _targets_without_biases(state)
     for site in state.sites:
         router_weights = state.routing.tables[site.module.site_index][modality][None]   # [1, E]
         _fold_site(state.family, site, router_weights)
-    _enable_bias_flags(model, state)
+    _enable_bias_flags(model, state, targets_gaining_biases)
     _restore_base(model, state)
     for name, p in model.named_parameters():
         p.requires_grad_(state.requires_grad_before.get(name, p.requires_grad))
@@ -66,12 +67,23 @@ def _folded_linear(linear: nn.Linear, up_dense, down, shift) -> nn.Linear:
     return folded
 
 
-def _enable_bias_flags(model: nn.Module, state) -> None:
+def _targets_without_biases(state) -> list[str]:
+    """Targets whose projections do not all have biases yet (the fold will add them)."""
+    targets = []
+    for target in state.config.targets:
+        sub_name, linear_names = state.family.projections[target]
+        owners = [getattr(site.parent, sub_name) for site in state.sites if site.target == target]
+        if any(getattr(owner, name).bias is None for owner in owners for name in linear_names):
+            targets.append(target)
+    return targets
+
+
+def _enable_bias_flags(model: nn.Module, state, targets: list[str]) -> None:
     """Set the config flag that gives the folded projections biases, so the model saves and reloads as it is.
 
     The flag also gives biases to sibling layers (e.g. o_proj); those get zero biases.
     """
-    for target in state.config.targets:
+    for target in targets:
         flag, linear_names = state.family.bias_flags.get(target, (None, ()))
         sub_name, _ = state.family.projections[target]
         if flag is None or not hasattr(model.config, flag):

@@ -72,13 +72,22 @@ class RoutingContext:
         hidden = model.fastmma_modality_embedding(ids).to(dtype)[:, None, :]               # [M, 1, D]
         position_ids = torch.zeros(self.num_modalities, 1, dtype=torch.long, device=device)
         position_embeddings = decoder.rotary_emb(hidden, position_ids)
+        layers = decoder.layers[: state.last_site_layer + 1]
+        # The pass is a few tokens: never checkpoint it, or its recomputation in backward
+        # would run while the main pass's routing is in place.
+        checkpointing = [getattr(layer, "gradient_checkpointing", False) for layer in layers]
         self.phase = _MODALITY_PASS
         try:
-            for layer in decoder.layers[: state.last_site_layer + 1]:
+            for layer in layers:
+                if hasattr(layer, "gradient_checkpointing"):
+                    layer.gradient_checkpointing = False
                 hidden = layer(hidden, attention_mask=None, position_ids=position_ids,
                                position_embeddings=position_embeddings, past_key_values=None, use_cache=False)
         finally:
             self.phase = None
+            for layer, was_checkpointing in zip(layers, checkpointing):
+                if hasattr(layer, "gradient_checkpointing"):
+                    layer.gradient_checkpointing = was_checkpointing
 
     def begin_main_pass(self, modality_ids: torch.Tensor) -> None:
         """Route the batch about to run by `modality_ids` [B] (kept until the next forward)."""

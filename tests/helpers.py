@@ -1,0 +1,48 @@
+"""Shared test utilities: tiny random models, adapter randomisation, tolerance rule."""
+from __future__ import annotations
+
+import torch
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
+
+import fastmma
+
+TINY_DIMS = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
+                 eos_token_id=2)
+
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+}
+
+
+def tiny_causal_lm(family: str = "llama", dtype=torch.float32, seed: int = 0, **overrides):
+    config_class, model_class = FAMILIES[family]
+    torch.manual_seed(seed)
+    config = config_class(**{**TINY_DIMS, **overrides})
+    return model_class(config).to(dtype).eval()
+
+
+def randomize_adapters(model, std: float = 0.2, seed: int = 1) -> None:
+    """Give every fastmma parameter random values, so no test passes because something is zero."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in sorted(fastmma.adapter_parameters(model).items()):
+            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            param.copy_((noise * std).to(param.dtype))
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    expected = expected.double()
+    return float((actual.double() - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+
+
+def assert_close_to_reference(fast, plain, exact, *, multiple: float = 2.0, floor: float = 1e-6, what: str = ""):
+    """The fast path's error vs the fp64 result must be within `multiple` x plain PyTorch's error (+ a floor)."""
+    fast_error = (fast.double() - exact.double()).abs().max().item()
+    plain_error = (plain.double() - exact.double()).abs().max().item()
+    scale = exact.double().abs().max().item()
+    bound = multiple * plain_error + floor * max(scale, 1.0)
+    assert fast_error <= bound, f"{what}: error {fast_error:.3e} > {multiple} x plain {plain_error:.3e} + floor"

@@ -1,0 +1,38 @@
+import pytest
+
+from fastmma import MMAConfig
+
+
+def test_defaults_match_lavin():
+    config = MMAConfig()
+    assert (config.rank, config.groups, config.experts, config.scale, config.temperature, config.dropout) == \
+        (8, 2, 2, 1.0, 10.0, 0.1)
+    assert config.targets == ("attn",) and config.num_modalities == 2
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(rank=6, groups=4), "rank"),
+    (dict(rank=0), "rank"),
+    (dict(groups=0), "groups"),
+    (dict(experts=0), "experts"),
+    (dict(targets=("attn", "mlp")), "targets"),
+    (dict(targets=()), "targets"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(num_modalities=0), "num_modalities"),
+])
+def test_invalid_values_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"MMAConfig.{field}"):
+        MMAConfig(**kwargs)
+
+
+def test_hidden_size_not_divisible_by_groups():
+    with pytest.raises(ValueError, match="MMAConfig.groups.*hidden size 100"):
+        MMAConfig(rank=8, groups=8).check_hidden_size(100)
+
+
+def test_round_trip_and_unknown_fields():
+    config = MMAConfig(rank=4, targets=("attn", "ffn"))
+    assert MMAConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown field"):
+        MMAConfig.from_dict({"rank": 4, "alpha": 2})
