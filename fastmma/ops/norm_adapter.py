@@ -21,6 +21,7 @@ from . import backend
 
 OP_PER_SAMPLE = "rms_norm_adapter"
 OP_PER_TOKEN = "rms_norm_adapter_by_expert"
+OP_ADAPTER_ONLY = "mma_adapter"
 
 
 def rms_norm_adapter(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, router_weights, scale,
@@ -37,12 +38,15 @@ def rms_norm_adapter_by_expert(x, norm_weight, eps, down_weight, down_bias, up_w
     return impl(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, expert_ids, scale, h_mask)
 
 
-def _torch_down(x, norm_weight, eps, down_weight, down_bias, h_mask):
-    normed = reference.rms_norm_reference(x, norm_weight, eps)                  # [B, L, D]
-    h = F.linear(normed, down_weight.to(normed.dtype), down_bias.to(normed.dtype))  # [B, L, r]
-    if h_mask is not None:
-        h = h * h_mask.to(h.dtype)
-    return normed, h
+def mma_adapter(normed, down_weight, down_bias, up_weight, up_bias, router_weights, scale, h_mask=None):
+    """The adapter alone on an already-normalized input (e.g. a ViT's LayerNorm output): normed [B, L, D]."""
+    _, impl = backend.resolve(OP_ADAPTER_ONLY, normed.device.type)
+    return impl(normed, down_weight, down_bias, up_weight, up_bias, router_weights, scale, h_mask)
+
+
+def _down(normed, down_weight, down_bias, h_mask):
+    h = F.linear(normed, down_weight.to(normed.dtype), down_bias.to(normed.dtype))   # [B, L, r]
+    return h if h_mask is None else h * h_mask.to(h.dtype)
 
 
 def _grouped_up(h, up_weight):
@@ -63,18 +67,24 @@ def _grouped_up(h, up_weight):
     return out.reshape(batch, length, hidden)
 
 
-def torch_rms_norm_adapter(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, router_weights, scale,
-                           h_mask=None):
-    normed, h = _torch_down(x, norm_weight, eps, down_weight, down_bias, h_mask)
+def torch_mma_adapter(normed, down_weight, down_bias, up_weight, up_bias, router_weights, scale, h_mask=None):
+    h = _down(normed, down_weight, down_bias, h_mask)                              # [B, L, r]
     weights = router_weights.to(normed.dtype)                                     # [B, E]
     up_eff = scale * torch.einsum("be,edk->bdk", weights, up_weight.to(normed.dtype))  # [B, D, r/G]
     bias_eff = scale * weights @ up_bias.to(normed.dtype)                         # [B, D]
     return normed + _grouped_up(h, up_eff) + bias_eff[:, None, :]
 
 
+def torch_rms_norm_adapter(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, router_weights, scale,
+                           h_mask=None):
+    normed = reference.rms_norm_reference(x, norm_weight, eps)                  # [B, L, D]
+    return torch_mma_adapter(normed, down_weight, down_bias, up_weight, up_bias, router_weights, scale, h_mask)
+
+
 def torch_rms_norm_adapter_by_expert(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, expert_ids,
                                      scale, h_mask=None):
-    normed, h = _torch_down(x, norm_weight, eps, down_weight, down_bias, h_mask)
+    normed = reference.rms_norm_reference(x, norm_weight, eps)                  # [B, L, D]
+    h = _down(normed, down_weight, down_bias, h_mask)                              # [B, L, r]
     out = normed
     for expert in range(up_weight.shape[0]):
         chosen = (expert_ids == expert).to(normed.dtype)[..., None]               # [B, L, 1]
@@ -87,3 +97,5 @@ backend.register(OP_PER_SAMPLE, "torch", torch_rms_norm_adapter)
 backend.register(OP_PER_SAMPLE, "reference", reference.norm_adapter_reference)
 backend.register(OP_PER_TOKEN, "torch", torch_rms_norm_adapter_by_expert)
 backend.register(OP_PER_TOKEN, "reference", reference.norm_adapter_by_expert_reference)
+backend.register(OP_ADAPTER_ONLY, "torch", torch_mma_adapter)
+backend.register(OP_ADAPTER_ONLY, "reference", reference.mma_adapter_reference)
