@@ -46,6 +46,9 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     other_method = handler_named(saved.get("method", "mma"))
     if other_method is not None:
         return other_method.load(model, directory, saved)
+    if saved.get("method", "mma") != "mma":
+        raise ValueError(f"{directory} holds a {saved['method']!r} model, not MMA adapters for a causal LM; "
+                         f"load it with fastmma.LaVIN.from_pretrained")
     config = MMAConfig.from_dict(saved["config"])
     _check_base_matches(model, saved["base_model"], directory)
     tensors = _read_tensors(directory / ADAPTER_WEIGHTS)
@@ -74,7 +77,7 @@ def read_adapter_config(directory: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({err}); it may be truncated") from err
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ValueError(f"{path} is not a fastmma adapter config (expected \"format\": \"{FORMAT}\")")
-    if saved.get("method", "mma") != "mma" and handler_named(saved["method"]) is None:
+    if saved.get("method", "mma") not in ("mma", "lavin") and handler_named(saved["method"]) is None:
         raise ValueError(f"{path} holds adapters of method {saved['method']!r}, which this fastmma does not know")
     if saved.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {saved['format_version']}; this fastmma reads up to "

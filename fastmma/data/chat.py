@@ -16,24 +16,58 @@ class EncodedExample:
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """Token ids of a one-turn user prompt in the tokenizer's chat template, ready for the answer."""
-    messages = [{"role": "user", "content": prompt}]
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return _template_ids(tokenizer, [{"role": "user", "content": prompt}])
     return tokenizer(f"Question: {prompt}\nAnswer:", add_special_tokens=True)["input_ids"]
 
 
 def encode_example(tokenizer, prompt: str, answer: str, max_length: int | None = None) -> EncodedExample:
     """Prompt + answer + end-of-turn; labels cover the answer and the end-of-turn token."""
-    if not answer:
-        raise ValueError(f"the example with prompt {prompt[:60]!r} has an empty answer; every example needs one")
-    context = prompt_ids(tokenizer, prompt)
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = context + answer_ids
+    return encode_turns(tokenizer, [(prompt, answer)], max_length)
+
+
+def encode_turns(tokenizer, turns: list[tuple[str, str]], max_length: int | None = None) -> EncodedExample:
+    """A multi-turn conversation in the chat template; labels cover each answer and its end-of-turn token."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    history: list[dict] = []
+    for prompt, answer in turns:
+        if not answer:
+            raise ValueError(f"the turn with prompt {prompt[:60]!r} has an empty answer; every turn needs one")
+        history.append({"role": "user", "content": prompt})
+        context = _context_suffix(tokenizer, history, input_ids)
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        input_ids += context + answer_ids
+        labels += [IGNORE_INDEX] * len(context) + answer_ids
+        history.append({"role": "assistant", "content": answer})
     if max_length is not None and len(input_ids) > max_length:
-        raise ValueError(f"an example is {len(input_ids)} tokens long, over max_length={max_length}: "
+        raise ValueError(f"a sample is {len(input_ids)} tokens long, over max_length={max_length}: "
                          f"shorten it or raise max_length")
-    return EncodedExample(input_ids, [IGNORE_INDEX] * len(context) + answer_ids)
+    return EncodedExample(input_ids, labels)
+
+
+def _context_suffix(tokenizer, history: list[dict], encoded_so_far: list[int]) -> list[int]:
+    """The template's tokens for the newest user turn (everything after what is already encoded)."""
+    if len(history) == 1:
+        return prompt_ids(tokenizer, history[0]["content"])
+    if not getattr(tokenizer, "chat_template", None):
+        return tokenizer(f"\nQuestion: {history[-1]['content']}\nAnswer:", add_special_tokens=False)["input_ids"]
+    rendered = _template_ids(tokenizer, history)
+    # The template closes the previous answer with its own end-of-turn text; skip what we already have.
+    return rendered[len(encoded_so_far):] if rendered[:len(encoded_so_far)] == encoded_so_far else \
+        rendered[_common_prefix(rendered, encoded_so_far):]
+
+
+def _template_ids(tokenizer, messages: list[dict]) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def collate_right_padded(examples: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:

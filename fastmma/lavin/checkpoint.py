@@ -1,0 +1,56 @@
+"""LaVIN.save_pretrained / from_pretrained: only the trainable tensors, safetensors + JSON, atomic."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch import nn
+
+from ..atomic import atomic_path, write_json_atomic
+from ..serialization import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT, FORMAT_VERSION, _copy_into, _read_tensors, \
+    read_adapter_config
+from .config import LaVINConfig
+
+METHOD = "lavin"
+
+
+def save_lavin(model, directory: str | Path) -> Path:
+    directory = Path(directory)
+    tensors = {name: p.detach().to("cpu").contiguous() for name, p in model.trainable_state().items()}
+    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_json_atomic(directory / ADAPTER_CONFIG, {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": METHOD,
+        "config": model.config.to_dict(),
+        "base_model": _describe(model.llm),
+        "vision_model": _describe(model.vision),
+    })
+    return directory
+
+
+def load_lavin(directory: str | Path, llm: nn.Module, vision: nn.Module, tokenizer):
+    from .model import LaVIN
+
+    directory = Path(directory)
+    saved = read_adapter_config(directory)
+    if saved.get("method") != METHOD:
+        raise ValueError(f"{directory} holds {saved.get('method', 'mma')!r} adapters, not a LaVIN model; "
+                         f"load it with fastmma.load_adapters")
+    for key, module in (("base_model", llm), ("vision_model", vision)):
+        if saved[key] != _describe(module):
+            raise ValueError(f"{directory} was trained with a {key.replace('_', ' ')} {saved[key]}, but the one "
+                             f"given is {_describe(module)}; pass the models it was trained on")
+    tensors = _read_tensors(directory / ADAPTER_WEIGHTS)
+    model = LaVIN(llm, vision, tokenizer, LaVINConfig.from_dict(saved["config"]))
+    _copy_into(model.trainable_state(), tensors, directory)
+    return model
+
+
+def _describe(module: nn.Module) -> dict:
+    config = module.config
+    return {"model_type": config.model_type, "hidden_size": config.hidden_size,
+            "num_hidden_layers": config.num_hidden_layers}
+
+

@@ -1,0 +1,44 @@
+"""LaVIN's configuration."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..config import MMAConfig
+
+
+@dataclass
+class LaVINConfig:
+    """llm_adapter: MMA adapters in the LLM (LaVIN: attention only).
+    vision_adapter: MMA adapters in the ViT ("attn" = pre-attention LayerNorm, "ffn" = pre-MLP too);
+        they route each image by its own CLS token, so num_modalities is unused there.
+    visual_every: take the CLS state after every k-th ViT block (LaVIN: 4, i.e. 6 tokens for 24 blocks).
+    visual_hidden: width of the visual adapter MLP Linear(D_vit, h) -> SiLU -> Linear(h, D_llm).
+    image_prefix / no_image_text: the text before the visual tokens, and what text-only samples read instead.
+    """
+
+    llm_adapter: MMAConfig = field(default_factory=MMAConfig)
+    vision_adapter: MMAConfig = field(default_factory=MMAConfig)
+    visual_every: int = 4
+    visual_hidden: int = 128
+    image_prefix: str = "Image: "
+    no_image_text: str = "Image: N/A"
+
+    def __post_init__(self):
+        if isinstance(self.llm_adapter, dict):
+            self.llm_adapter = MMAConfig.from_dict(self.llm_adapter)
+        if isinstance(self.vision_adapter, dict):
+            self.vision_adapter = MMAConfig.from_dict(self.vision_adapter)
+        if self.visual_every < 1:
+            raise ValueError(f"LaVINConfig.visual_every must be >= 1, got {self.visual_every}")
+        if self.visual_hidden < 1:
+            raise ValueError(f"LaVINConfig.visual_hidden must be >= 1, got {self.visual_hidden}")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["llm_adapter"] = self.llm_adapter.to_dict()
+        out["vision_adapter"] = self.vision_adapter.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LaVINConfig":
+        return cls(**values)

@@ -1,0 +1,207 @@
+"""Training LaVIN on instruction data: LaVIN's recipe, gradient accumulation, mixed precision,
+atomic periodic checkpoints and exact resume.
+
+Exactness of resume: the batch of step s is a pure function of (seed, s) (a per-epoch
+permutation), dropout is seeded per step, and a checkpoint holds the trainable tensors and
+the optimizer state; so a resumed run's loss curve equals the uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.samples import VLSample
+from .lavin.sequence import EncodedSample
+from .optim import build_optimizer, lavin_learning_rate, warmup_cosine_factor
+from .training_state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """steps: optimizer steps (default: `epochs` passes over the data).
+    batch_size: samples per optimizer step; micro_batch_size: samples per forward (accumulation).
+    lr: None -> LaVIN's 9e-3 x batch_size / 256. warmup_steps: None -> 10% of the steps (LaVIN: 2 of 20 epochs).
+    precision: fp32 | bf16 (autocast) | fp16 (CUDA only, with loss scaling).
+    on_bad_sample: "error" stops at the first sample that cannot be used; "skip" drops it and reports the count.
+    """
+
+    out_dir: str = "runs/lavin"
+    steps: int | None = None
+    epochs: float = 1.0
+    batch_size: int = 8
+    micro_batch_size: int | None = None
+    lr: float | None = None
+    warmup_steps: int | None = None
+    weight_decay: float = 0.02
+    betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float | None = None
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    max_length: int = 512
+    on_bad_sample: str = "error"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        micro = self.micro_batch_size or self.batch_size
+        if self.batch_size < 1 or micro < 1 or self.batch_size % micro:
+            raise ValueError(f"TrainConfig.batch_size={self.batch_size} must be a positive multiple of "
+                             f"micro_batch_size={micro}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision={self.precision!r}; choose one of {PRECISIONS}")
+        if self.on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"TrainConfig.on_bad_sample={self.on_bad_sample!r}; choose 'error' or 'skip'")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]
+    skipped_samples: int
+    train_seconds: float
+    out_dir: Path
+    log: list[dict] = field(default_factory=list)
+
+
+def train(model, samples: list[VLSample], config: TrainConfig, resume: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Train `model` (a fastmma.LaVIN) on `samples`. Resumes from the newest checkpoint in out_dir.
+
+    stop_after: stop (after checkpointing) once this many steps are done, as if interrupted.
+    """
+    encoded, skipped = encode_all(model, samples, config)
+    total_steps = config.steps or max(1, math.ceil(config.epochs * len(encoded) / config.batch_size))
+    lr = config.lr if config.lr is not None else lavin_learning_rate(config.batch_size)
+    warmup = config.warmup_steps if config.warmup_steps is not None else max(1, total_steps // 10)
+    optimizer = build_optimizer(model, lr=lr, weight_decay=config.weight_decay, betas=config.betas)
+    scaler = _grad_scaler(config, model)
+    out_dir = Path(config.out_dir)
+    state = TrainState(step=0, losses=[], log=[])
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer)
+        print(f"resuming from {checkpoint} at step {state.step}/{total_steps}")
+    _set_checkpointing(model, config.gradient_checkpointing)
+
+    model.train()
+    started = time.perf_counter()
+    progress = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc="training",
+                    dynamic_ncols=True)
+    for step in progress:
+        _set_lr(optimizer, lr * warmup_cosine_factor(step, total_steps, warmup))
+        step_started = time.perf_counter()
+        loss, tokens = _optimizer_step(model, optimizer, scaler, encoded, step, config)
+        state.step = step + 1
+        state.losses.append(loss)
+        state.log.append({"step": state.step, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                          "tokens_per_second": tokens / (time.perf_counter() - step_started)})
+        progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{state.log[-1]['tokens_per_second']:.0f}")
+        finished = state.step == total_steps or (stop_after is not None and state.step >= stop_after)
+        if state.step % config.checkpoint_every == 0 or finished:
+            save_checkpoint(out_dir, model, optimizer, state, config, skipped, keep=config.keep_checkpoints)
+        if finished:
+            break
+    progress.close()
+    model.eval()
+    if skipped:
+        print(f"skipped {skipped} sample(s) that could not be used (on_bad_sample='skip')")
+    return TrainResult(state.losses, skipped, time.perf_counter() - started, out_dir, state.log)
+
+
+def encode_all(model, samples: list[VLSample], config: TrainConfig) -> tuple[list[EncodedSample], int]:
+    encoded, skipped = [], 0
+    for sample in samples:
+        try:
+            encoded.append(model.encode(sample, config.max_length))
+        except ValueError:
+            if config.on_bad_sample == "error":
+                raise
+            skipped += 1
+    if not encoded:
+        raise ValueError(f"the training set is empty ({len(samples)} samples given, {skipped} skipped); "
+                         f"check the data source")
+    return encoded, skipped
+
+
+def batch_indices(step: int, batch_size: int, num_samples: int, seed: int) -> list[int]:
+    """Sample indices of optimizer step `step`: consecutive slices of a per-epoch permutation."""
+    indices = []
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(position, num_samples)
+        permutation = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        indices.append(int(permutation[offset]))
+    return indices
+
+
+def _optimizer_step(model, optimizer, scaler, encoded, step, config) -> tuple[float, int]:
+    torch.manual_seed(config.seed * 1_000_003 + step)          # dropout masks depend only on (seed, step)
+    chosen = [encoded[i] for i in batch_indices(step, config.batch_size, len(encoded), config.seed)]
+    micro = config.micro_batch_size or config.batch_size
+    answer_tokens = sum(_answer_tokens(s) for s in chosen)
+    total_loss, total_tokens = 0.0, 0
+    for start in range(0, len(chosen), micro):
+        part = chosen[start:start + micro]
+        weight = sum(_answer_tokens(s) for s in part) / answer_tokens
+        with _autocast(config, model):
+            loss = model(part).loss * weight
+        (scaler.scale(loss) if scaler else loss).backward()
+        total_loss += loss.item()
+        total_tokens += sum(len(s.prefix_ids) + len(s.text_ids) for s in part)
+    if scaler:
+        scaler.unscale_(optimizer)
+    if config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+    if not math.isfinite(total_loss):
+        raise FloatingPointError(f"the loss became {total_loss} at step {step}; lower the learning rate")
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total_loss, total_tokens
+
+
+def _answer_tokens(sample: EncodedSample) -> int:
+    return sum(label != -100 for label in sample.text_labels)
+
+
+def _autocast(config: TrainConfig, model):
+    if config.precision == "fp32":
+        return nullcontext()
+    device_type = next(model.parameters()).device.type
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    return torch.autocast(device_type, dtype=dtype)
+
+
+def _grad_scaler(config: TrainConfig, model):
+    if config.precision != "fp16":
+        return None
+    if next(model.parameters()).device.type != "cuda":
+        raise ValueError("precision='fp16' needs a CUDA device (it uses loss scaling); use 'bf16' or 'fp32' on CPU")
+    return torch.amp.GradScaler("cuda")
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _set_checkpointing(model, enabled: bool) -> None:
+    llm = model.llm
+    if enabled:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif any(getattr(module, "gradient_checkpointing", False) for module in llm.modules()):
+        llm.gradient_checkpointing_disable()
