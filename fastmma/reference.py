@@ -155,26 +155,28 @@ def modality_sequence_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> 
 
 
 @torch.no_grad()
-def oracle_causal_lm_logits(model, input_ids, attention_mask=None, modality=0):
+def oracle_causal_lm_logits(model, input_ids=None, attention_mask=None, modality=0, inputs_embeds=None):
     """Logits [B, L, V] of a fastmma-patched causal LM computed the literal LaVIN way.
 
-    MOD = modality_embedding[modality] is prepended to the token embeddings, the whole
-    sequence runs through the decoder with the MOD mask above, every adapter's router
-    reads token 0 (MOD's normalized state) and MOD's logit row is dropped. It runs in
-    the model's own dtype: for an fp64 oracle, patch an fp64 copy of the model.
-    Positions: MOD is 0 and token t is t + 1 (RoPE sees only relative positions).
+    MOD = modality_embedding[modality] is prepended to the token embeddings (or to
+    `inputs_embeds`), the whole sequence runs through the decoder with the MOD mask above,
+    every adapter's router reads token 0 (MOD's normalized state) and MOD's logit row is
+    dropped. Positions: MOD is 0 and token t is t + 1 (RoPE sees only relative positions).
+    It runs in the model's own dtype: for an fp64 oracle, patch an fp64 copy of the model.
     """
     state = model._fastmma
     decoder = state.family.decoder(model)
     dtype = decoder.embed_tokens.weight.dtype
-    batch, length = input_ids.shape
+    token_states = decoder.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds   # [B, L, D]
+    token_states = token_states.to(dtype)
+    batch, length = token_states.shape[:2]
+    device = token_states.device
     if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    modality_ids = torch.as_tensor(modality, device=input_ids.device).expand(batch)
-    token_states = decoder.embed_tokens(input_ids).to(dtype)                       # [B, L, D]
+        attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+    modality_ids = torch.as_tensor(modality, device=device).expand(batch)
     mod_states = model.fastmma_modality_embedding(modality_ids).to(dtype)[:, None, :]       # [B, 1, D]
     hidden = torch.cat([mod_states, token_states], dim=1)                          # [B, L+1, D]
-    position_ids = torch.arange(length + 1, device=input_ids.device)[None].expand(batch, -1)
+    position_ids = torch.arange(length + 1, device=device)[None].expand(batch, -1)
     mask = modality_sequence_mask(attention_mask, dtype)
     position_embeddings = decoder.rotary_emb(hidden, position_ids)
     with _oracle_norms(model, dtype):
