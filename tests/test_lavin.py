@@ -1,0 +1,158 @@
+"""LaVIN on tiny random models: ViT routing, sequence assembly, the modality-token oracle, generation,
+save/load."""
+import pytest
+import torch
+
+import fastmma
+from fastmma.data.chat import IGNORE_INDEX
+from fastmma.data.samples import VLSample
+from fastmma.lavin import LaVIN
+from fastmma.lavin.pixels import pixel_values
+from fastmma.patching.clip import cls_features
+from fastmma.reference import oracle_causal_lm_logits
+
+from .helpers import relative_error
+from .lavin_helpers import randomize_trainable, solid_image, striped_image, tiny_lavin, tiny_llm, tiny_vit, tokenizer
+
+IMAGES = [striped_image(1), striped_image(2), solid_image((255, 0, 0))]
+
+
+def test_vit_adapters_are_identity_at_init():
+    plain = tiny_vit()
+    model = tiny_lavin()
+    pixels = pixel_values(IMAGES, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(cls_features(model.vision, pixels, 2), cls_features(plain, pixels, 2),
+                                   rtol=0, atol=1e-6)
+
+
+def test_each_image_is_routed_by_its_own_cls_token():
+    model = tiny_lavin()
+    randomize_trainable(model)
+    pixels = pixel_values(IMAGES, 32)
+    with torch.no_grad():
+        together = cls_features(model.vision, pixels, 2)                       # [3, 2, D_vit]
+        for row in range(3):
+            alone = cls_features(model.vision, pixels[row:row + 1], 2)[0]
+            torch.testing.assert_close(together[row], alone, rtol=1e-5, atol=1e-6)
+        assert relative_error(together, cls_features(tiny_vit(), pixels, 2)) > 1e-3   # adapters act
+
+
+def test_visual_tokens_shape_and_count():
+    model = tiny_lavin()
+    assert model.num_visual_tokens == 2                                       # 4 blocks, every 2nd
+    tokens = model.visual_tokens(IMAGES)
+    assert tokens.shape == (3, 2, model.llm.config.hidden_size)
+    assert model.visual_tokens([]) is None
+
+
+def test_text_only_samples_never_run_the_vision_encoder():
+    model = tiny_lavin()
+    seen = []
+    model.vision.embeddings.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    text_only = [model.encode(VLSample(None, [("Say hi.", "hi")])) for _ in range(2)]
+    model(text_only)
+    assert seen == []
+    mixed = text_only + [model.encode(VLSample(IMAGES[0], [("Colour?", "red")]))]
+    model(mixed)
+    assert seen == [1]
+
+
+def test_sequence_layout_and_answer_only_labels():
+    model = tiny_lavin()
+    tok = tokenizer()
+    samples = [VLSample(IMAGES[0], [("What colour is it?", "red")]), VLSample(None, [("Add 2 and 2.", "4")])]
+    encoded = [model.encode(s) for s in samples]
+    assert tok.decode(encoded[0].prefix_ids[1:]) == "Image: "
+    assert tok.decode(encoded[1].prefix_ids[1:]) == "Image: N/A"
+    batch = model.batch_inputs(encoded)
+    assert batch["modality"].tolist() == [1, 0]
+    image_row = batch["labels"][0]
+    start = len(encoded[0].prefix_ids)
+    assert (image_row[: start + model.num_visual_tokens] == IGNORE_INDEX).all()
+    torch.testing.assert_close(batch["inputs_embeds"][0, start:start + 2], model.visual_tokens([IMAGES[0]])[0])
+    answers = [tok.decode(row[row != IGNORE_INDEX]) for row in batch["labels"]]
+    assert answers == ["red<|im_end|>", "4<|im_end|>"]
+    lengths = batch["attention_mask"].sum(1)
+    shorter = int(lengths.argmin())
+    assert lengths[shorter] < batch["attention_mask"].shape[1]                  # right-padded
+    assert batch["attention_mask"][shorter, : lengths[shorter]].all() and not batch["attention_mask"][shorter, -1]
+
+
+def test_llm_matches_literal_modality_token_oracle():
+    model = tiny_lavin()
+    randomize_trainable(model, std=0.1)
+    samples = [VLSample(IMAGES[0], [("What colour is it?", "red")]), VLSample(None, [("Add 2 and 2.", "4")])]
+    batch = model.batch_inputs([model.encode(s) for s in samples])
+    with torch.no_grad():
+        fast = model.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                         modality=batch["modality"]).logits
+        oracle = oracle_causal_lm_logits(model.llm, attention_mask=batch["attention_mask"],
+                                         modality=batch["modality"], inputs_embeds=batch["inputs_embeds"])
+    valid = batch["attention_mask"].bool()
+    assert relative_error(fast[valid], oracle[valid]) <= 1e-5
+
+
+def test_kv_cached_generation_equals_full_recompute():
+    model = tiny_lavin()
+    randomize_trainable(model, std=0.1)
+    prompts = ["What colour is the shape?", "Add two and two.", "Describe the picture."]
+    images = [IMAGES[0], None, IMAGES[1]]
+    answers = model.generate(prompts, images, max_new_tokens=6, min_new_tokens=6)
+    assert expected_greedy(model, prompts, images, 6) == answers
+
+
+def expected_greedy(model, prompts, images, steps):
+    """Greedy decoding by recomputing the whole sequence each step (no cache, right-aligned)."""
+    from fastmma.lavin.sequence import encode_prompt
+
+    tok = tokenizer()
+    encoded = [encode_prompt(tok, p, i, model.config.image_prefix, model.config.no_image_text)
+               for p, i in zip(prompts, images)]
+    generated = [[] for _ in prompts]
+    with torch.no_grad():
+        for _ in range(steps):
+            batch = model.batch_inputs(
+                [type(s)(s.prefix_ids, s.text_ids + t, s.text_labels + [IGNORE_INDEX] * len(t), s.image)
+                 for s, t in zip(encoded, generated)], pad_left=True)
+            logits = model.llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
+                               modality=batch["modality"]).logits[:, -1]
+            for tokens, token in zip(generated, logits.argmax(-1).tolist()):
+                tokens.append(token)
+    return [tok.decode(t, skip_special_tokens=True).strip() for t in generated]
+
+
+def test_generate_checks_lengths():
+    model = tiny_lavin()
+    with pytest.raises(ValueError, match="one image"):
+        model.generate(["a", "b"], [None])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny_lavin()
+    randomize_trainable(model)
+    model.save_pretrained(tmp_path)
+    loaded = LaVIN.from_pretrained(tmp_path, llm=tiny_llm(), vision=tiny_vit(), tokenizer=tokenizer())
+    for name, param in model.trainable_state().items():
+        assert torch.equal(loaded.trainable_state()[name], param), name
+    assert set(loaded.trainable_state()) == set(model.trainable_state())
+    with pytest.raises(ValueError, match="LaVIN.from_pretrained"):
+        fastmma.load_adapters(tiny_llm(), tmp_path)
+
+
+def test_load_refuses_other_base_models(tmp_path):
+    tiny_lavin().save_pretrained(tmp_path)
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from .lavin_helpers import VIT_DIMS
+
+    other_vit = CLIPVisionModel(CLIPVisionConfig(**{**VIT_DIMS, "hidden_size": 48}))
+    with pytest.raises(ValueError, match="vision model"):
+        LaVIN.from_pretrained(tmp_path, llm=tiny_llm(), vision=other_vit, tokenizer=tokenizer())
+
+
+def test_trainable_parameters_are_only_the_new_ones():
+    model = tiny_lavin()
+    names = set(model.trainable_state())
+    assert names and all(("adapter" in n) or ("fastmma_modality_embedding" in n) for n in names)
+    assert any(n.startswith("vision.") for n in names) and any(n.startswith("visual_adapter.") for n in names)
