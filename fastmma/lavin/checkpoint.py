@@ -26,6 +26,7 @@ def save_lavin(model, directory: str | Path) -> Path:
         "config": model.config.to_dict(),
         "base_model": _describe(model.llm),
         "vision_model": _describe(model.vision),
+        "model_spec": model.model_spec,
     })
     return directory
 
@@ -44,8 +45,18 @@ def load_lavin(directory: str | Path, llm: nn.Module, vision: nn.Module, tokeniz
                              f"given is {_describe(module)}; pass the models it was trained on")
     tensors = _read_tensors(directory / ADAPTER_WEIGHTS)
     model = LaVIN(llm, vision, tokenizer, LaVINConfig.from_dict(saved["config"]))
+    model.model_spec = saved.get("model_spec")
     _copy_into(model.trainable_state(), tensors, directory)
     return model
+
+
+def saved_model_spec(directory: str | Path) -> dict:
+    """The spec of the frozen models a saved LaVIN was trained on (see fastmma.lavin.build)."""
+    saved = read_adapter_config(Path(directory))
+    if saved.get("method") != METHOD or not saved.get("model_spec"):
+        raise ValueError(f"{directory} does not record which models it was trained on; load it in Python with "
+                         f"LaVIN.from_pretrained(directory, llm=..., vision=..., tokenizer=...)")
+    return saved["model_spec"]
 
 
 def _describe(module: nn.Module) -> dict:

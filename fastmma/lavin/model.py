@@ -41,6 +41,7 @@ class LaVIN(nn.Module):
         self.llm = llm
         self.vision = vision
         self.tokenizer = tokenizer
+        self.model_spec: dict | None = None          # how to rebuild llm/vision (fastmma.lavin.build), if known
         tower = vision_transformer(vision)
         vision_width = tower.embeddings.patch_embedding.out_channels
         self.image_size = tower.embeddings.image_size

