@@ -1,27 +1,117 @@
-"""The `fastmma` command line."""
+"""The `fastmma` command line: demo, train, generate, eval."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(prog="fastmma", description="Mixture-of-Modality adapters for LLaMA-family models")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (ValueError, FileNotFoundError, KeyError, ModuleNotFoundError) as err:
+        print(f"fastmma {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastmma", description="Mixture-of-Modality adapters (LaVIN) and "
+                                                                 "MultiWay adapters for vision-language tuning")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="offline demo: patch the embedded SmolLM2, fine-tune, generate")
-    demo.add_argument("--out", default="demo-out", help="output folder (adapters, metrics.json, loss.png)")
-    demo.add_argument("--steps", type=int, default=40)
-    demo.add_argument("--seed", type=int, default=0)
+    demo = commands.add_parser("demo", help="offline demo: LaVIN on SmolLM2 + a small ViT, trained on ShapesQA")
+    demo.add_argument("--out", default="demo-out", help="output folder (metrics.json, loss.png, adapters/)")
+    demo.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's setting)")
+    demo.set_defaults(run=_demo)
 
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .demo import run_demo
+    train = commands.add_parser("train", help="train LaVIN from a JSON config file")
+    train.add_argument("--config", required=True, help="JSON with \"models\", \"data\", \"train\", \"lavin\"")
+    train.add_argument("--no-resume", action="store_true", help="start over even if out_dir has checkpoints")
+    train.set_defaults(run=_train)
 
-        run_demo(args.out, steps=args.steps, seed=args.seed)
+    generate = commands.add_parser("generate", help="answer a prompt (with an image) with trained adapters")
+    generate.add_argument("--adapters", required=True, help="a folder written by LaVIN.save_pretrained")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--image", default=None, help="an image file (omit for a text-only prompt)")
+    generate.add_argument("--max-new-tokens", type=int, default=32)
+    generate.set_defaults(run=_generate)
+
+    evaluate = commands.add_parser("eval", help="exact-match accuracy of trained adapters on a data spec")
+    evaluate.add_argument("--adapters", required=True)
+    evaluate.add_argument("--data", required=True, help="a data spec as JSON text or a .json file "
+                                                        "(see fastmma/data/sources.py)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=8)
+    evaluate.set_defaults(run=_eval)
+    return parser
+
+
+def _demo(args) -> int:
+    from .demo import DemoSettings, run_demo
+
+    settings = DemoSettings() if args.steps is None else DemoSettings(steps=args.steps)
+    run_demo(args.out, settings)
     return 0
+
+
+def _train(args) -> int:
+    from .data.sources import load_samples
+    from .lavin import LaVIN, LaVINConfig
+    from .lavin.build import build_llm, build_vision
+    from .train import TrainConfig, train
+
+    spec = _read_json(args.config)
+    missing = [key for key in ("models", "data", "train") if key not in spec]
+    if missing:
+        raise ValueError(f"{args.config} lacks {missing}; see the README's training section for the format")
+    llm, tokenizer = build_llm(spec["models"]["llm"])
+    model = LaVIN(llm, build_vision(spec["models"]["vision"]), tokenizer, LaVINConfig.from_dict(spec.get("lavin", {})))
+    model.model_spec = spec["models"]
+    config = TrainConfig(**spec["train"])
+    result = train(model, load_samples(spec["data"]), config, resume=not args.no_resume)
+    model.save_pretrained(Path(config.out_dir) / "final")
+    print(f"final loss {result.losses[-1]:.4f}; model saved to {Path(config.out_dir) / 'final'}")
+    return 0
+
+
+def _generate(args) -> int:
+    model = _load_trained(args.adapters)
+    print(model.generate([args.prompt], [args.image], max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def _eval(args) -> int:
+    from .data.sources import load_samples
+    from .evaluate import exact_match_accuracy
+
+    spec = _read_json(args.data) if args.data.endswith(".json") else json.loads(args.data)
+    samples = load_samples(spec)
+    accuracy, _ = exact_match_accuracy(_load_trained(args.adapters), samples, max_new_tokens=args.max_new_tokens)
+    print(json.dumps({"samples": len(samples), "exact_match": accuracy}))
+    return 0
+
+
+def _load_trained(directory):
+    from .lavin import LaVIN
+    from .lavin.build import build_llm, build_vision
+    from .lavin.checkpoint import saved_model_spec
+
+    spec = saved_model_spec(directory)
+    llm, tokenizer = build_llm(spec["llm"])
+    return LaVIN.from_pretrained(directory, llm=llm, vision=build_vision(spec["vision"]), tokenizer=tokenizer)
+
+
+def _read_json(path: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
 if __name__ == "__main__":

@@ -1,91 +1,99 @@
-"""The offline demo: patch SmolLM2-135M-Instruct, teach it facts it cannot know, generate with a KV cache.
+"""The offline demo: LaVIN on the embedded SmolLM2-135M-Instruct and a small random CLIP ViT,
+instruction-tuned on ShapesQA mixed with text-only instructions, on a CPU.
 
-The facts are about fictional countries (names built from syllables, deterministic), so the
-base model scores ~0 on them before training: any gain comes from the adapters.
+Before training it measures exact-match accuracy on held-out ShapesQA questions and the
+perplexity of held-out text-only instructions (modality = text); after training, both again.
+Writes metrics.json, loss.png and the trained tensors (LaVIN.save_pretrained) to the output folder.
 """
 from __future__ import annotations
 
-import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import MMAConfig, patch, save_adapters, trainable_summary
+from . import MMAConfig, trainable_summary
 from .atomic import write_json_atomic
-from .data.chat import collate_right_padded, encode_example, left_padded_prompts
-from .optim import build_optimizer, build_scheduler
+from .data.shapes import chance_accuracy, shapes_qa
+from .data.text_tasks import text_instructions
+from .evaluate import answer_perplexity, exact_match_accuracy
+from .lavin import LaVIN, LaVINConfig
+from .lavin.build import DEFAULT_SPEC, build_llm, build_vision, describe_vision
 from .plotting import save_loss_curve
-from .trainer import cycle_batches, train_steps
-
-SYLLABLES = ["ka", "lor", "vem", "tis", "dra", "qel", "mun", "zor", "bai", "fen", "rho", "sul", "pex", "oru", "wyn"]
+from .train import TrainConfig, train
 
 
-def fictional_facts(count: int, seed: int = 0) -> list[tuple[str, str]]:
-    """`count` (question, answer) pairs 'What is the capital of X?' -> 'Y.', with made-up names."""
-    rng = random.Random(seed)
-    names = set()
-    while len(names) < 2 * count:
-        names.add("".join(rng.sample(SYLLABLES, 3)).capitalize())
-    names = sorted(names)
-    rng.shuffle(names)
-    return [(f"What is the capital of {names[2 * i]}?", f"{names[2 * i + 1]}.") for i in range(count)]
+@dataclass
+class DemoSettings:
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-2
+    train_images: int = 2400
+    train_texts: int = 600
+    heldout_images: int = 96
+    heldout_texts: int = 64
+    seed: int = 0
 
 
-@torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, modality=0) -> list[str]:
-    batch = left_padded_prompts(tokenizer, prompts)
-    out = model.generate(**batch, modality=modality, max_new_tokens=max_new_tokens, do_sample=False,
-                         use_cache=True, pad_token_id=tokenizer.pad_token_id)
-    return [tokenizer.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in out]
+def build_demo_model(spec: dict = DEFAULT_SPEC) -> LaVIN:
+    llm, tokenizer = build_llm(spec["llm"])
+    vision = build_vision(spec["vision"])
+    adapter = MMAConfig(dropout=0.0)
+    torch.manual_seed(0)
+    model = LaVIN(llm, vision, tokenizer, LaVINConfig(llm_adapter=adapter, vision_adapter=adapter, visual_every=1))
+    model.model_spec = spec
+    return model
 
 
-def exact_match(answers: list[str], expected: list[str]) -> float:
-    return sum(a == e for a, e in zip(answers, expected)) / len(expected)
-
-
-def run_demo(out_dir: str | Path, steps: int = 40, batch_size: int = 8, num_facts: int = 16, lr: float = 5e-3,
-             seed: int = 0) -> dict:
-    """Patch -> train -> generate on the default model. Writes adapters, metrics.json and loss.png to out_dir."""
-    from .models import load_default_llm
-
+def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict:
+    settings = settings or DemoSettings()
     out_dir = Path(out_dir)
-    torch.manual_seed(seed)
-    print("loading SmolLM2-135M-Instruct (embedded default model) ...")
-    model, tokenizer = load_default_llm()
-    patch(model, MMAConfig(dropout=0.0))
+    print("building LaVIN: SmolLM2-135M-Instruct (embedded) + " + describe_vision(DEFAULT_SPEC["vision"]))
+    model = build_demo_model()
     print(trainable_summary(model))
+    image_size = DEFAULT_SPEC["vision"]["random"]["image_size"]
+    heldout_images = shapes_qa(settings.heldout_images, settings.seed + 1, image_size=image_size, split="heldout")
+    heldout_texts = text_instructions(settings.heldout_texts, settings.seed + 1, split="heldout")
+    train_samples = (shapes_qa(settings.train_images, settings.seed, image_size=image_size)
+                     + text_instructions(settings.train_texts, settings.seed))
 
-    facts = fictional_facts(num_facts, seed)
-    questions, answers = [q for q, _ in facts], [a for _, a in facts]
-    accuracy_before = exact_match(greedy_answers(model, tokenizer, questions), answers)
-
-    examples = [encode_example(tokenizer, q, a) for q, a in facts]
-    batches = [collate_right_padded(examples[i:i + batch_size], tokenizer.pad_token_id)
-               for i in range(0, len(examples), batch_size)]
-    optimizer = build_optimizer(model, lr=lr)
-    scheduler = build_scheduler(optimizer, total_steps=steps, warmup_steps=max(1, steps // 10))
+    accuracy_before, _ = exact_match_accuracy(model, heldout_images, desc="accuracy before")
+    text_ppl_base = answer_perplexity(model, heldout_texts)      # adapters are the identity at init
     started = time.perf_counter()
-    losses = train_steps(model, cycle_batches(batches), optimizer, scheduler, steps, desc="fine-tuning adapters")
+    result = train(model, train_samples, TrainConfig(out_dir=str(out_dir / "run"), steps=settings.steps,
+                                                     batch_size=settings.batch_size, lr=settings.lr,
+                                                     seed=settings.seed, checkpoint_every=100), resume=False)
     train_seconds = time.perf_counter() - started
-
-    generated = greedy_answers(model, tokenizer, questions)
+    accuracy_after, answers = exact_match_accuracy(model, heldout_images, desc="accuracy after")
     metrics = {
-        "model": "SmolLM2-135M-Instruct",
-        "task": f"{num_facts} fictional capitals (exact match, greedy, KV cache)",
         "accuracy_before": accuracy_before,
-        "accuracy_after": exact_match(generated, answers),
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "steps": steps,
+        "accuracy_after": accuracy_after,
+        "chance_accuracy": chance_accuracy(heldout_images),
+        "text_ppl_base": text_ppl_base,
+        "text_ppl_adapted": answer_perplexity(model, heldout_texts),
         "train_seconds": round(train_seconds, 1),
+        "steps": settings.steps,
+        "batch_size": settings.batch_size,
+        "heldout_questions": len(heldout_images),
+        "vision": "random-init CLIP ViT (frozen): no pretrained vision weights are available offline",
     }
-    save_adapters(model, out_dir / "adapters")
-    save_loss_curve(losses, out_dir / "loss.png", title="fastmma demo: adapter fine-tuning loss")
+    model.save_pretrained(out_dir / "adapters")
+    save_loss_curve(result.losses, out_dir / "loss.png", title="LaVIN on ShapesQA: training loss")
     write_json_atomic(out_dir / "metrics.json", metrics)
-    for question, answer in list(zip(questions, generated))[:4]:
-        print(f"  Q: {question}\n  A: {answer}")
-    print(f"accuracy before {accuracy_before:.2f} -> after {metrics['accuracy_after']:.2f}; "
-          f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; {train_seconds:.0f}s of training")
-    print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'loss.png'} and adapters to {out_dir / 'adapters'}")
+    _print_report(model, metrics, heldout_images, answers, out_dir)
     return metrics
+
+
+def _print_report(model, metrics, heldout_images, answers, out_dir: Path) -> None:
+    print("\nsample answers (held-out, KV-cached greedy decoding):")
+    for sample, answer in list(zip(heldout_images, answers))[:4]:
+        print(f"  [{sample.meta['question_type']}] {sample.turns[0][0]}\n     -> {answer!r} (reference "
+              f"{sample.turns[0][1]!r})")
+    text_prompts = ["What is 3 plus 4?", "What is the opposite of cold?"]
+    for prompt, answer in zip(text_prompts, model.generate(text_prompts, max_new_tokens=12)):
+        print(f"  [text] {prompt}\n     -> {answer!r}")
+    print(f"\nShapesQA accuracy {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f} "
+          f"(chance {metrics['chance_accuracy']:.3f}); text perplexity {metrics['text_ppl_base']:.3f} -> "
+          f"{metrics['text_ppl_adapted']:.3f}; {metrics['train_seconds']:.0f} s of training")
+    print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'loss.png'} and the model to {out_dir / 'adapters'}")

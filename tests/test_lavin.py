@@ -107,7 +107,8 @@ def expected_greedy(model, prompts, images, steps):
     from fastmma.lavin.sequence import encode_prompt
 
     tok = tokenizer()
-    encoded = [encode_prompt(tok, p, i, model.config.image_prefix, model.config.no_image_text)
+    encoded = [encode_prompt(tok, p, i, model.config.image_prefix, model.config.no_image_text,
+                             model.config.system_prompt)
                for p, i in zip(prompts, images)]
     generated = [[] for _ in prompts]
     with torch.no_grad():

@@ -7,7 +7,7 @@ import torch
 
 import fastmma
 from fastmma.data.chat import collate_right_padded, encode_example, left_padded_prompts
-from fastmma.demo import fictional_facts
+from fastmma.data.text_tasks import text_instructions
 from fastmma.optim import build_optimizer
 from fastmma.reference import oracle_causal_lm_logits
 
@@ -75,8 +75,8 @@ def test_cached_generation_and_merge(patched):
 
 def test_thirty_adamw_steps_lower_the_loss(patched):
     model, tokenizer = patched
-    facts = fictional_facts(4, seed=3)
-    batch = collate_right_padded([encode_example(tokenizer, q, a) for q, a in facts], tokenizer.pad_token_id)
+    samples = text_instructions(4, seed=3)
+    batch = collate_right_padded([encode_example(tokenizer, *s.turns[0]) for s in samples], tokenizer.pad_token_id)
     optimizer = build_optimizer(model, lr=3e-3)
     adapters = fastmma.adapter_parameters(model)
     gradient_seen = {name: False for name in adapters}

@@ -14,10 +14,13 @@ class EncodedExample:
     labels: list[int]           # IGNORE_INDEX on prompt tokens
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Token ids of a one-turn user prompt in the tokenizer's chat template, ready for the answer."""
+def prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    """Token ids of a one-turn user prompt in the tokenizer's chat template, ready for the answer.
+
+    system: a system message; None keeps the template's default (if it has one).
+    """
     if getattr(tokenizer, "chat_template", None):
-        return _template_ids(tokenizer, [{"role": "user", "content": prompt}])
+        return _template_ids(tokenizer, _with_system([{"role": "user", "content": prompt}], system))
     return tokenizer(f"Question: {prompt}\nAnswer:", add_special_tokens=True)["input_ids"]
 
 
@@ -26,7 +29,8 @@ def encode_example(tokenizer, prompt: str, answer: str, max_length: int | None =
     return encode_turns(tokenizer, [(prompt, answer)], max_length)
 
 
-def encode_turns(tokenizer, turns: list[tuple[str, str]], max_length: int | None = None) -> EncodedExample:
+def encode_turns(tokenizer, turns: list[tuple[str, str]], max_length: int | None = None,
+                 system: str | None = None) -> EncodedExample:
     """A multi-turn conversation in the chat template; labels cover each answer and its end-of-turn token."""
     input_ids: list[int] = []
     labels: list[int] = []
@@ -35,7 +39,7 @@ def encode_turns(tokenizer, turns: list[tuple[str, str]], max_length: int | None
         if not answer:
             raise ValueError(f"the turn with prompt {prompt[:60]!r} has an empty answer; every turn needs one")
         history.append({"role": "user", "content": prompt})
-        context = _context_suffix(tokenizer, history, input_ids)
+        context = _context_suffix(tokenizer, history, input_ids, system)
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         input_ids += context + answer_ids
         labels += [IGNORE_INDEX] * len(context) + answer_ids
@@ -46,16 +50,20 @@ def encode_turns(tokenizer, turns: list[tuple[str, str]], max_length: int | None
     return EncodedExample(input_ids, labels)
 
 
-def _context_suffix(tokenizer, history: list[dict], encoded_so_far: list[int]) -> list[int]:
+def _context_suffix(tokenizer, history: list[dict], encoded_so_far: list[int], system: str | None) -> list[int]:
     """The template's tokens for the newest user turn (everything after what is already encoded)."""
     if len(history) == 1:
-        return prompt_ids(tokenizer, history[0]["content"])
+        return prompt_ids(tokenizer, history[0]["content"], system)
     if not getattr(tokenizer, "chat_template", None):
         return tokenizer(f"\nQuestion: {history[-1]['content']}\nAnswer:", add_special_tokens=False)["input_ids"]
-    rendered = _template_ids(tokenizer, history)
+    rendered = _template_ids(tokenizer, _with_system(history, system))
     # The template closes the previous answer with its own end-of-turn text; skip what we already have.
     return rendered[len(encoded_so_far):] if rendered[:len(encoded_so_far)] == encoded_so_far else \
         rendered[_common_prefix(rendered, encoded_so_far):]
+
+
+def _with_system(messages: list[dict], system: str | None) -> list[dict]:
+    return messages if system is None else [{"role": "system", "content": system}] + messages
 
 
 def _template_ids(tokenizer, messages: list[dict]) -> list[int]:

@@ -14,6 +14,7 @@ class LaVINConfig:
     visual_every: take the CLS state after every k-th ViT block (LaVIN: 4, i.e. 6 tokens for 24 blocks).
     visual_hidden: width of the visual adapter MLP Linear(D_vit, h) -> SiLU -> Linear(h, D_llm).
     image_prefix / no_image_text: the text before the visual tokens, and what text-only samples read instead.
+    system_prompt: the chat template's system message; None keeps the template's default.
     """
 
     llm_adapter: MMAConfig = field(default_factory=MMAConfig)
@@ -22,6 +23,7 @@ class LaVINConfig:
     visual_hidden: int = 128
     image_prefix: str = "Image: "
     no_image_text: str = "Image: N/A"
+    system_prompt: str | None = None
 
     def __post_init__(self):
         if isinstance(self.llm_adapter, dict):

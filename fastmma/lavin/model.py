@@ -56,7 +56,7 @@ class LaVIN(nn.Module):
     # -- encoding -------------------------------------------------------------------------
     def encode(self, sample: VLSample, max_length: int | None = None) -> EncodedSample:
         return encode_sample(self.tokenizer, sample, self.config.image_prefix, self.config.no_image_text,
-                             max_length, self.num_visual_tokens)
+                             max_length, self.num_visual_tokens, self.config.system_prompt)
 
     def visual_tokens(self, images: list) -> torch.Tensor | None:
         """[N, T, D_llm] for the images given; None (and no ViT run) when there are none."""
@@ -86,7 +86,8 @@ class LaVIN(nn.Module):
             raise ValueError(f"got {len(prompts)} prompts but {len(images)} images; pass one image (or None) "
                              f"per prompt")
         encoded = [encode_prompt(self.tokenizer, prompt, image, self.config.image_prefix,
-                                 self.config.no_image_text) for prompt, image in zip(prompts, images)]
+                                 self.config.no_image_text, self.config.system_prompt)
+                   for prompt, image in zip(prompts, images)]
         inputs = self.batch_inputs(encoded, pad_left=True)
         inputs.pop("labels")
         generate_kwargs.setdefault("do_sample", False)

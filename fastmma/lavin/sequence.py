@@ -38,8 +38,8 @@ def prefix_ids(tokenizer, has_image: bool, image_prefix: str, no_image_text: str
 
 
 def encode_sample(tokenizer, sample: VLSample, image_prefix: str, no_image_text: str,
-                  max_length: int | None = None, visual_tokens: int = 0) -> EncodedSample:
-    encoded = encode_turns(tokenizer, sample.turns)
+                  max_length: int | None = None, visual_tokens: int = 0, system: str | None = None) -> EncodedSample:
+    encoded = encode_turns(tokenizer, sample.turns, system=system)
     prefix = prefix_ids(tokenizer, sample.has_image, image_prefix, no_image_text)
     total = len(prefix) + (visual_tokens if sample.has_image else 0) + len(encoded.input_ids)
     if max_length is not None and total > max_length:
@@ -48,9 +48,10 @@ def encode_sample(tokenizer, sample: VLSample, image_prefix: str, no_image_text:
     return EncodedSample(prefix, encoded.input_ids, encoded.labels, sample.image)
 
 
-def encode_prompt(tokenizer, prompt: str, image, image_prefix: str, no_image_text: str) -> EncodedSample:
+def encode_prompt(tokenizer, prompt: str, image, image_prefix: str, no_image_text: str,
+                  system: str | None = None) -> EncodedSample:
     """A generation prompt: prefix, visual slot, the user turn and the assistant header."""
-    text_ids = prompt_ids(tokenizer, prompt)
+    text_ids = prompt_ids(tokenizer, prompt, system)
     prefix = prefix_ids(tokenizer, image is not None, image_prefix, no_image_text)
     return EncodedSample(prefix, text_ids, [IGNORE_INDEX] * len(text_ids), image)
 

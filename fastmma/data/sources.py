@@ -1,0 +1,53 @@
+"""Build a sample list from a JSON-able data spec (used by `fastmma train` / `fastmma eval`).
+
+    {"kind": "shapesqa", "num_samples": 2000, "seed": 0, "image_size": 32, "split": "train"}
+    {"kind": "text", "num_samples": 500, "seed": 0, "split": "train"}
+    {"kind": "llava", "json": "data.json", "image_folder": "images", "on_missing_image": "error"}
+    {"kind": "scienceqa", "root": "ScienceQA", "split": "train"}
+A list of specs concatenates them.
+"""
+from __future__ import annotations
+
+from .samples import VLSample
+
+KINDS = ("shapesqa", "text", "llava", "scienceqa")
+
+
+def load_samples(spec) -> list[VLSample]:
+    if isinstance(spec, list):
+        return [sample for part in spec for sample in load_samples(part)]
+    if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
+        raise ValueError(f"data spec {spec!r} needs \"kind\" set to one of {KINDS}")
+    options = {k: v for k, v in spec.items() if k != "kind"}
+    try:
+        return _LOADERS[spec["kind"]](**options)
+    except TypeError as err:
+        raise ValueError(f"data spec {spec!r} has an unexpected field ({err})") from err
+
+
+def _shapesqa(num_samples, seed=0, image_size=64, split="train", question_types=None):
+    from .shapes import QUESTION_TYPES, shapes_qa
+
+    return shapes_qa(num_samples, seed, image_size=image_size, split=split,
+                     question_types=tuple(question_types or QUESTION_TYPES))
+
+
+def _text(num_samples, seed=0, split="train"):
+    from .text_tasks import text_instructions
+
+    return text_instructions(num_samples, seed, split=split)
+
+
+def _llava(json, image_folder=None, on_missing_image="error"):
+    from .llava import load_llava
+
+    return load_llava(json, image_folder, on_missing_image=on_missing_image).samples
+
+
+def _scienceqa(root, split="train"):
+    from .scienceqa import load_scienceqa
+
+    return load_scienceqa(root, split)
+
+
+_LOADERS = {"shapesqa": _shapesqa, "text": _text, "llava": _llava, "scienceqa": _scienceqa}

@@ -1,0 +1,47 @@
+"""Evaluation of a LaVIN model: exact-match accuracy of generated answers, and answer perplexity."""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.samples import VLSample
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, first line, surrounding spaces and a final full stop removed."""
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return first_line.strip().rstrip(".").strip().lower()
+
+
+@torch.no_grad()
+def exact_match_accuracy(model, samples: list[VLSample], batch_size: int = 32, max_new_tokens: int = 8,
+                         desc: str = "evaluating") -> tuple[float, list[str]]:
+    """Share of samples whose greedy (KV-cached) answer to the first turn equals the reference answer."""
+    if not samples:
+        raise ValueError("exact_match_accuracy needs at least one sample")
+    answers = []
+    for start in tqdm(range(0, len(samples), batch_size), desc=desc, leave=False):
+        batch = samples[start:start + batch_size]
+        answers += model.generate([s.turns[0][0] for s in batch], [s.image for s in batch],
+                                  max_new_tokens=max_new_tokens)
+    correct = sum(normalize_answer(a) == normalize_answer(s.turns[0][1]) for a, s in zip(answers, samples))
+    return correct / len(samples), answers
+
+
+@torch.no_grad()
+def answer_perplexity(model, samples: list[VLSample], batch_size: int = 16) -> float:
+    """exp(mean negative log-likelihood per answer token), teacher-forced."""
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    try:
+        for start in range(0, len(samples), batch_size):
+            encoded = [model.encode(s) for s in samples[start:start + batch_size]]
+            tokens = sum(sum(label != -100 for label in e.text_labels) for e in encoded)
+            total_nll += model(encoded).loss.item() * tokens
+            total_tokens += tokens
+    finally:
+        model.train(was_training)
+    return math.exp(total_nll / total_tokens)
