@@ -1,5 +1,8 @@
 """Fused ops and their backend dispatch (see `backend`)."""
 from .backend import BACKENDS, requested_backend, resolve
 from .norm_adapter import mma_adapter, rms_norm_adapter, rms_norm_adapter_by_expert
+from .norm_adapter_linear import rms_norm_adapter_linear
+from . import triton_backend  # noqa: F401,E402  (registers the "triton" backend when triton is installed)
 
-__all__ = ["BACKENDS", "mma_adapter", "requested_backend", "resolve", "rms_norm_adapter", "rms_norm_adapter_by_expert"]
+__all__ = ["BACKENDS", "mma_adapter", "requested_backend", "resolve", "rms_norm_adapter", "rms_norm_adapter_by_expert",
+           "rms_norm_adapter_linear"]
