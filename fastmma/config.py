@@ -18,6 +18,9 @@ class MMAConfig:
     dropout: dropout probability on h during training.
     targets: "attn" puts an adapter on the attention's input norm, "ffn" on the FFN's.
     num_modalities: number of modality ids (0 = text, 1 = image).
+    recompute_swiglu: the frozen SwiGLU MLP keeps only its gate and up outputs for backward.
+    chunked_loss: with labels and autograd on, the LM head + loss run in chunks so the
+        [tokens, vocab] logits are never stored (the output's `logits` is then None).
     """
 
     rank: int = 8
@@ -28,6 +31,8 @@ class MMAConfig:
     dropout: float = 0.1
     targets: tuple[str, ...] = ("attn",)
     num_modalities: int = 2
+    recompute_swiglu: bool = True
+    chunked_loss: bool = True
 
     def __post_init__(self):
         if isinstance(self.targets, str):

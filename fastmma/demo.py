@@ -41,7 +41,8 @@ def build_demo_model(spec: dict = DEFAULT_SPEC) -> LaVIN:
     vision = build_vision(spec["vision"])
     adapter = MMAConfig(dropout=0.0)
     torch.manual_seed(0)
-    model = LaVIN(llm, vision, tokenizer, LaVINConfig(llm_adapter=adapter, vision_adapter=adapter, visual_every=1))
+    model = LaVIN(llm, vision, tokenizer, LaVINConfig(llm_adapter=adapter, vision_adapter=adapter, visual_every=1,
+                                                      system_prompt=""))
     model.model_spec = spec
     return model
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .checkpointing import disable_checkpointing, enable_checkpointing
 from .data.samples import VLSample
 from .lavin.sequence import EncodedSample
 from .optim import build_optimizer, lavin_learning_rate, warmup_cosine_factor
@@ -200,8 +201,7 @@ def _set_lr(optimizer, lr: float) -> None:
 
 
 def _set_checkpointing(model, enabled: bool) -> None:
-    llm = model.llm
     if enabled:
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif any(getattr(module, "gradient_checkpointing", False) for module in llm.modules()):
-        llm.gradient_checkpointing_disable()
+        enable_checkpointing(model.llm)
+    else:
+        disable_checkpointing(model.llm)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastmma
+from fastmma.checkpointing import enable_checkpointing
 from fastmma.reference import oracle_causal_lm_logits
 
 from .helpers import FAMILIES, randomize_adapters, relative_error, tiny_causal_lm
@@ -198,7 +199,7 @@ def test_gradients_reach_every_adapter_and_checkpointing_is_exact():
 
     plain = grads()
     assert all(g.abs().max() > 0 for g in plain.values()), [n for n, g in plain.items() if not g.abs().max() > 0]
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model)
     checkpointed = grads()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)

@@ -11,6 +11,7 @@ from ..config import MMAConfig
 from . import llama  # noqa: F401  (registers the LLaMA-layout families)
 from .methods import handler_for_config, handler_for_model
 from .model_class import original_class, patched_class_for
+from .mlp import restore_mlp, use_recomputing_swiglu
 from .norm import MMARMSNorm
 from .registry import DecoderFamily, family_for
 from .routing import RoutingContext
@@ -86,6 +87,8 @@ def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
             module = MMARMSNorm(original, adapter, routing, site_index=len(sites)).train(model.training)
             setattr(layer, attr, module)
             sites.append(PatchSite(layer_index, target, layer, attr, original, module))
+        if config.recompute_swiglu and family.mlp_attr:
+            use_recomputing_swiglu(getattr(layer, family.mlp_attr))
 
     modality_embedding = nn.Embedding(config.num_modalities, hidden_size).to(device=device, dtype=torch.float32)
     model.add_module(MODALITY_EMBEDDING_NAME, modality_embedding)
@@ -111,6 +114,9 @@ def unpatch(model: nn.Module) -> nn.Module:
 def _restore_base(model: nn.Module, state: PatchState) -> None:
     for site in state.sites:
         setattr(site.parent, site.attr, site.original)
+    if state.family.mlp_attr:
+        for layer in state.family.layers(model):
+            restore_mlp(getattr(layer, state.family.mlp_attr))
     delattr(model, MODALITY_EMBEDDING_NAME)
     model.__class__ = original_class(type(model))
     object.__delattr__(model, "_fastmma")

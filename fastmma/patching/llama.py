@@ -10,4 +10,5 @@ LLAMA_LAYOUT = register_family(DecoderFamily(
                  "ffn": ("mlp", ("gate_proj", "up_proj"))},
     bias_flags={"attn": ("attention_bias", ("q_proj", "k_proj", "v_proj", "o_proj")),
                 "ffn": ("mlp_bias", ("gate_proj", "up_proj", "down_proj"))},
+    mlp_attr="mlp",
 ))

@@ -11,6 +11,7 @@ import inspect
 
 import torch
 
+from ..memory import chunked_linear_cross_entropy
 from .routing import modality_ids_for
 
 _PATCHED_CLASSES: dict[type, type] = {}
@@ -37,6 +38,8 @@ def _make_patched_class(base_class: type) -> type:
         modality_ids = modality_ids_for(modality, batch_size, state.config.num_modalities, device)
         state.routing.refresh_tables(self, state.table_dependencies)
         state.routing.begin_main_pass(modality_ids)
+        if _wants_chunked_loss(self, bound):
+            return _forward_with_chunked_loss(self, bound)
         return base_forward(self, *args, **kwargs)
 
     forward.__signature__ = _with_modality_parameter(base_signature)
@@ -49,6 +52,25 @@ def _make_patched_class(base_class: type) -> type:
         "_fastmma_base_class": base_class,
         "__module__": base_class.__module__,
     })
+
+
+def _wants_chunked_loss(model, arguments: dict) -> bool:
+    head = model.get_output_embeddings()
+    return (arguments.get("labels") is not None and model._fastmma.config.chunked_loss
+            and torch.is_grad_enabled() and getattr(head, "bias", None) is None)
+
+
+def _forward_with_chunked_loss(model, arguments: dict):
+    """The decoder, then the LM head + loss in chunks: no [tokens, vocab] logits are kept."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    inputs = {k: v for k, v in arguments.items() if k not in ("self", "labels", "logits_to_keep", "kwargs")}
+    extra = dict(arguments.get("kwargs", {}))
+    num_items_in_batch = extra.pop("num_items_in_batch", None)
+    outputs = model._fastmma.family.decoder(model)(**inputs, **extra)
+    loss = chunked_linear_cross_entropy(outputs.last_hidden_state, model.get_output_embeddings().weight,
+                                        arguments["labels"], num_items_in_batch)
+    return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values)
 
 
 def _with_modality_parameter(signature: inspect.Signature) -> inspect.Signature:

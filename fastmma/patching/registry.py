@@ -23,6 +23,7 @@ class DecoderFamily:
     norm_attrs: dict[str, str]
     projections: dict[str, tuple[str, tuple[str, ...]]]
     bias_flags: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    mlp_attr: str | None = None           # the SwiGLU MLP on each layer (gate_proj, up_proj, down_proj)
 
     def layers(self, model: nn.Module):
         return self.decoder(model).layers

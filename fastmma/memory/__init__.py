@@ -1,0 +1,5 @@
+"""Activation-memory savers for training a frozen base: recompute instead of store."""
+from .chunked_loss import chunked_linear_cross_entropy
+from .swiglu import swiglu
+
+__all__ = ["chunked_linear_cross_entropy", "swiglu"]

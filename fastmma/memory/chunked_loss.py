@@ -1,0 +1,59 @@
+"""LM head + next-token cross-entropy without materialising [tokens, vocab] logits.
+
+The frozen LM head is applied to a chunk of hidden states at a time; each chunk's loss and its
+gradient with respect to the hidden states are computed in the forward pass, so only the
+gradient [tokens, D] is kept for backward (not the logits [tokens, V]). Logits are upcast to
+(at least) fp32 as Hugging Face's loss does.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, head_weight, targets, normalizer, chunk_tokens):
+        # hidden [N, D], head_weight [V, D] (frozen), targets [N] with IGNORE_INDEX for no-loss rows
+        compute = torch.promote_types(hidden.dtype, torch.float32)               # logits in at least fp32
+        loss_sum = torch.zeros((), dtype=compute, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            rows = slice(start, start + chunk_tokens)
+            logits = (hidden[rows] @ head_weight.t()).to(compute)                   # [chunk, V]
+            chunk_targets = targets[rows]
+            loss_sum += F.cross_entropy(logits, chunk_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            grad_logits = torch.softmax(logits, dim=-1)
+            valid = chunk_targets != IGNORE_INDEX
+            grad_logits[valid, chunk_targets[valid]] -= 1.0
+            grad_logits[~valid] = 0.0
+            grad_hidden[rows] = (grad_logits.to(hidden.dtype) @ head_weight) / normalizer
+        ctx.save_for_backward(grad_hidden)
+        return loss_sum / normalizer
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), None, None, None, None
+
+
+def chunked_linear_cross_entropy(hidden_states: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor,
+                                 num_items_in_batch=None, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Mean next-token loss of logits = hidden_states @ head_weight.T against labels shifted left by one.
+
+    hidden_states [B, L, D], labels [B, L]. Same result as Hugging Face's ForCausalLMLoss.
+    chunk_tokens: rows per chunk (default: an eighth of the tokens, at most 1024).
+    """
+    if head_weight.requires_grad:
+        raise ValueError("chunked_linear_cross_entropy keeps the LM head frozen; disable `chunked_loss` in the "
+                         "config to train the head")
+    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)          # [B*L]
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])                      # [B*L, D]
+    normalizer = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+    normalizer = float(normalizer) if not torch.is_tensor(normalizer) else float(normalizer.item())
+    chunk = chunk_tokens or max(1, min(1024, math.ceil(hidden.shape[0] / 8)))
+    return _ChunkedLinearCrossEntropy.apply(hidden, head_weight, targets, max(normalizer, 1.0), chunk)

@@ -1,0 +1,94 @@
+"""Memory savers: chunked LM head + loss, recomputing SwiGLU; exactness and what they keep."""
+import copy
+
+import torch
+import torch.nn.functional as F
+
+import fastmma
+from fastmma.memory import chunked_linear_cross_entropy, swiglu
+
+from .helpers import randomize_adapters, tiny_causal_lm
+
+
+def saved_bytes(fn):
+    """Bytes autograd keeps for backward while `fn` runs, each storage counted once."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+def test_chunked_loss_matches_full_logits():
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 11, 16, generator=generator, dtype=torch.float64, requires_grad=True)
+    head = torch.randn(50, 16, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 50, (3, 11), generator=generator)
+    labels[0, :4] = -100
+    expected = F.cross_entropy((hidden @ head.t())[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1),
+                               ignore_index=-100)
+    (expected_grad,) = torch.autograd.grad(expected, hidden)
+    for chunk in (1, 5, 64):
+        loss = chunked_linear_cross_entropy(hidden, head, labels, chunk_tokens=chunk)
+        (grad,) = torch.autograd.grad(loss * 3.0, hidden)
+        torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grad, 3.0 * expected_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_loss_keeps_an_eighth_of_the_logits():
+    hidden = torch.randn(4, 64, 32, requires_grad=True)
+    head = torch.randn(1000, 32)
+    labels = torch.randint(0, 1000, (4, 64))
+    _, kept = saved_bytes(lambda: chunked_linear_cross_entropy(hidden, head, labels))
+    full_logits = 4 * 64 * 1000 * 4
+    assert kept <= hidden.numel() * 4 + 1024 and kept <= full_logits / 8
+
+
+def test_swiglu_matches_autograd_and_keeps_two_tensors():
+    gate = torch.randn(5, 7, 24, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(5, 7, 24, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(5, 7, 24, dtype=torch.float64)
+    expected = F.silu(gate) * up
+    expected_grads = torch.autograd.grad(expected, (gate, up), grad_out)
+    out, kept = saved_bytes(lambda: swiglu(gate, up))
+    grads = torch.autograd.grad(out, (gate, up), grad_out)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    _, plain_kept = saved_bytes(lambda: F.silu(gate) * up)
+    assert kept == 2 * gate.numel() * 8 < plain_kept
+
+
+def test_ten_training_steps_match_the_plain_model():
+    """Memory features on vs off: same losses and adapter gradients over 10 AdamW steps."""
+    plain_config = fastmma.MMAConfig(targets=("attn", "ffn"), dropout=0.0, recompute_swiglu=False,
+                                     chunked_loss=False)
+    lean_config = fastmma.MMAConfig(targets=("attn", "ffn"), dropout=0.0)
+    base = tiny_causal_lm("llama")
+    models = [fastmma.patch(copy.deepcopy(base), c) for c in (plain_config, lean_config)]
+    for model in models:
+        randomize_adapters(model, std=0.05)
+        model.train()
+    optimizers = [torch.optim.AdamW(fastmma.adapter_parameters(m).values(), lr=1e-3) for m in models]
+    ids = torch.randint(3, 97, (3, 12), generator=torch.Generator().manual_seed(4))
+    labels = ids.clone()
+    labels[:, :3] = -100
+    for _ in range(10):
+        losses, grads = [], []
+        for model, optimizer in zip(models, optimizers):
+            out = model(ids, labels=labels, modality=torch.tensor([0, 1, 1]))
+            out.loss.backward()
+            losses.append(out.loss.item())
+            grads.append({n: p.grad.clone() for n, p in fastmma.adapter_parameters(model).items()})
+            optimizer.step()
+            optimizer.zero_grad()
+        assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[0])
+        for name in grads[0]:
+            torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-7)
+    assert models[1](ids, labels=labels).logits is None                  # never materialised in training
+    with torch.no_grad():
+        assert models[1](ids, labels=labels).logits.shape == (3, 12, 97)   # but returned when not training
