@@ -28,7 +28,7 @@ from .train import TrainConfig, train
 class DemoSettings:
     steps: int = 300
     batch_size: int = 8
-    lr: float = 1e-2
+    lr: float = 5e-3
     train_images: int = 2400
     train_texts: int = 600
     heldout_images: int = 96
