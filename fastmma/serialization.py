@@ -25,17 +25,21 @@ def save_adapters(model: nn.Module, directory: str | Path) -> Path:
     other_method = handler_for_model(model)
     if other_method is not None:
         return other_method.save(model, directory)
-    tensors = {name: p.detach().to("cpu").contiguous() for name, p in adapter_parameters(model).items()}
-    directory = Path(directory)
-    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    write_json_atomic(directory / ADAPTER_CONFIG, {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "method": "mma",
+    return write_adapter_files(directory, adapter_parameters(model), "mma", {
         "config": model._fastmma.config.to_dict(),
         "base_model": _base_description(model),
     })
+
+
+def write_adapter_files(directory: str | Path, parameters: dict[str, torch.Tensor], method: str,
+                        description: dict) -> Path:
+    """The shared on-disk format of every method: the tensors as safetensors, the rest as JSON, each atomic."""
+    directory = Path(directory)
+    tensors = {name: p.detach().to("cpu").contiguous() for name, p in parameters.items()}
+    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_json_atomic(directory / ADAPTER_CONFIG, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                   "method": method, **description})
     return directory
 
 

@@ -3,32 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import atomic_path, write_json_atomic
-from ..serialization import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT, FORMAT_VERSION, _copy_into, _read_tensors, \
-    read_adapter_config
+from ..serialization import ADAPTER_WEIGHTS, _copy_into, _read_tensors, read_adapter_config, write_adapter_files
 from .config import LaVINConfig
 
 METHOD = "lavin"
 
 
 def save_lavin(model, directory: str | Path) -> Path:
-    directory = Path(directory)
-    tensors = {name: p.detach().to("cpu").contiguous() for name, p in model.trainable_state().items()}
-    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    write_json_atomic(directory / ADAPTER_CONFIG, {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "method": METHOD,
+    return write_adapter_files(directory, model.trainable_state(), METHOD, {
         "config": model.config.to_dict(),
         "base_model": _describe(model.llm),
         "vision_model": _describe(model.vision),
         "model_spec": model.model_spec,
     })
-    return directory
 
 
 def load_lavin(directory: str | Path, llm: nn.Module, vision: nn.Module, tokenizer):

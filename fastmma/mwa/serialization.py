@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import atomic_path, write_json_atomic
-from ..serialization import ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT, FORMAT_VERSION, _copy_into, _read_tensors
+from ..serialization import ADAPTER_WEIGHTS, _copy_into, _read_tensors, write_adapter_files
 from .beit3 import beit3_description, check_beit3_host
 from .config import MWAConfig
 from .patching import METHOD, adapter_parameters, patch, require_mwa, unpatch
@@ -16,18 +14,10 @@ from .patching import METHOD, adapter_parameters, patch, require_mwa, unpatch
 def save(model: nn.Module, directory: str | Path) -> Path:
     """Write `adapter_model.safetensors` and `adapter_config.json` to `directory`, each atomically."""
     state = require_mwa(model, "save_adapters")
-    tensors = {name: p.detach().to("cpu").contiguous() for name, p in adapter_parameters(model).items()}
-    directory = Path(directory)
-    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    write_json_atomic(directory / ADAPTER_CONFIG, {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "method": METHOD,
+    return write_adapter_files(directory, adapter_parameters(model), METHOD, {
         "config": state.config.to_dict(),
         "base_model": beit3_description(model),
     })
-    return directory
 
 
 def load(model: nn.Module, directory: str | Path, saved: dict) -> nn.Module:
