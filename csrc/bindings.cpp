@@ -1,0 +1,22 @@
+// Python bindings of the C++ CPU kernels (module fastmma._C).
+#include <torch/extension.h>
+
+#include "norm_adapter.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "fastmma's C++ CPU kernels";
+  module.def("rms_norm_adapter_forward", &fastmma::rms_norm_adapter_forward,
+             "Fused RMSNorm + MMA adapter forward: returns (y, rstd, h)", pybind11::arg("x"),
+             pybind11::arg("norm_weight"), pybind11::arg("eps"), pybind11::arg("down_weight"),
+             pybind11::arg("down_bias"), pybind11::arg("up_table"), pybind11::arg("bias_table"),
+             pybind11::arg("table_index"), pybind11::arg("h_mask"));
+  module.def("rms_norm_adapter_backward", &fastmma::rms_norm_adapter_backward,
+             "Fused RMSNorm + MMA adapter backward: returns (grad_x, grad_norm_weight, grad_down_weight, "
+             "grad_down_bias, grad_up_table, grad_bias_table), None where not asked for",
+             pybind11::arg("grad_y"), pybind11::arg("x"), pybind11::arg("norm_weight"), pybind11::arg("rstd"),
+             pybind11::arg("h"), pybind11::arg("h_mask"), pybind11::arg("down_weight"), pybind11::arg("up_table"),
+             pybind11::arg("table_index"), pybind11::arg("need_grad_x"), pybind11::arg("need_grad_norm_weight"),
+             pybind11::arg("need_grad_down"), pybind11::arg("need_grad_tables"));
+  module.def("set_poison_outputs", &fastmma::set_poison_outputs,
+             "Tests: fill every output the kernels allocate with NaN before computing it", pybind11::arg("enabled"));
+}
