@@ -15,6 +15,7 @@ from fastmma import reference
 from fastmma.ops import cpp_backend, norm_adapter
 
 from ..helpers import assert_close_to_reference, randomize_adapters, relative_error, tiny_causal_lm
+from .inputs import logits_and_adapter_grads, make_inputs
 
 pytestmark = pytest.mark.skipif(not cpp_backend.is_available(),
                                 reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")
@@ -46,26 +47,6 @@ def poisoned_outputs():
     cpp_backend._C.set_poison_outputs(True)
     yield
     cpp_backend._C.set_poison_outputs(False)
-
-
-def make_inputs(batch, length, hidden, rank, groups, experts, *, routing, with_mask, seed=0):
-    """fp32 master inputs; every tensor random and non-zero."""
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    inputs = dict(
-        x=rand(batch, length, hidden),
-        norm_weight=1 + 0.1 * rand(hidden),
-        down_weight=rand(rank, hidden) / hidden ** 0.5,
-        down_bias=0.1 * rand(rank),
-        up_weight=0.3 * rand(experts, hidden, rank // groups),
-        up_bias=0.1 * rand(experts, hidden),
-    )
-    if routing == "per_token":
-        inputs["expert_ids"] = torch.randint(0, experts, (batch, length), generator=g)
-    else:
-        inputs["router_weights"] = torch.softmax(rand(batch, experts), -1)
-    inputs["h_mask"] = ((torch.rand(batch, length, rank, generator=g) > 0.1).float() / 0.9) if with_mask else None
-    return inputs
 
 
 def cast_inputs(inputs, activation_dtype, parameter_dtype=torch.float32):
@@ -193,16 +174,6 @@ def test_bad_inputs_raise_errors_that_name_the_fix():
         cpp_backend.cpp_rms_norm_adapter_by_expert(*args(inputs["x"][0], inputs["expert_ids"][0]))
     with pytest.raises(ValueError, match="router_weights must have shape"):
         cpp_backend.cpp_rms_norm_adapter(*args(inputs["x"], torch.ones(3, 2) / 2))
-
-
-def logits_and_adapter_grads(model, ids, modality):
-    """Training-mode forward (dropout on h, the same masks for a fixed seed) and backward of a fixed loss."""
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(123)
-    logits = model(ids, modality=modality).logits                                 # [B, L, V]
-    loss_weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5))
-    (logits * loss_weights).sum().backward()
-    return logits.detach(), {name: p.grad.clone() for name, p in fastmma.adapter_parameters(model).items()}
 
 
 def test_patched_llama_matches_reference_backend(monkeypatch):

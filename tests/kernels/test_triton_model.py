@@ -5,16 +5,7 @@ import fastmma
 from fastmma.ops import triton_backend  # noqa: F401  (registers the "triton" backend)
 
 from ..helpers import randomize_adapters, relative_error, tiny_causal_lm
-
-
-def logits_and_adapter_grads(model, ids, modality):
-    """Training-mode forward (dropout on h, same masks for a fixed seed) and backward of a fixed loss."""
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(123)
-    logits = model(ids, modality=modality).logits                                 # [B, L, V]
-    loss_weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5))
-    (logits * loss_weights).sum().backward()
-    return logits.detach(), {name: p.grad.clone() for name, p in fastmma.adapter_parameters(model).items()}
+from .inputs import logits_and_adapter_grads
 
 
 def test_patched_llama_matches_reference_backend(monkeypatch):

@@ -22,6 +22,7 @@ from fastmma.ops import backend, norm_adapter, norm_adapter_linear
 from fastmma.ops import triton_backend  # registers the "triton" backend
 
 from ..helpers import assert_close_to_reference
+from .inputs import make_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EPS = 1e-5
@@ -56,30 +57,6 @@ def gpu_sized_grid(monkeypatch):
 @pytest.fixture
 def triton_backend_on(monkeypatch):
     monkeypatch.setenv("FASTMMA_BACKEND", "triton")
-
-
-def make_inputs(batch, length, hidden, rank, groups, experts, *, routing="per_sample", out_features=None,
-                with_mask=True, seed=0):
-    """fp32 master inputs; every tensor random and non-zero."""
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    inputs = dict(
-        x=rand(batch, length, hidden),
-        norm_weight=1 + 0.1 * rand(hidden),
-        down_weight=rand(rank, hidden) / hidden ** 0.5,
-        down_bias=0.1 * rand(rank),
-        up_weight=0.3 * rand(experts, hidden, rank // groups),
-        up_bias=0.1 * rand(experts, hidden),
-    )
-    if routing == "per_token":
-        inputs["expert_ids"] = torch.randint(0, experts, (batch, length), generator=g)
-    else:
-        inputs["router_weights"] = torch.softmax(rand(batch, experts), -1)
-    inputs["h_mask"] = ((torch.rand(batch, length, rank, generator=g) > 0.1).float() / 0.9) if with_mask else None
-    if out_features is not None:
-        inputs["proj_weight"] = rand(out_features, hidden) / hidden ** 0.5
-        inputs["proj_bias"] = 0.1 * rand(out_features)
-    return inputs
 
 
 def run(fn, inputs, dtype, frozen=FROZEN_PROJECTION):
