@@ -36,3 +36,20 @@ def logits_and_adapter_grads(model, ids, modality):
     loss_weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5))
     (logits * loss_weights).sum().backward()
     return logits.detach(), {name: p.grad.clone() for name, p in fastmma.adapter_parameters(model).items()}
+
+
+def assert_backend_matches_reference(monkeypatch, model, ids, modality, fast_backend: str) -> None:
+    """Logits and every adapter gradient of `fast_backend` against the reference backend."""
+    from ..helpers import relative_error
+
+    results = {}
+    for backend_name in ("reference", fast_backend):
+        monkeypatch.setenv("FASTMMA_BACKEND", backend_name)
+        results[backend_name] = logits_and_adapter_grads(model, ids, modality)
+    (ref_logits, ref_grads), (fast_logits, fast_grads) = results["reference"], results[fast_backend]
+    assert relative_error(fast_logits, ref_logits) <= 1e-5
+    assert set(fast_grads) == set(ref_grads)
+    assert len(ref_grads) == 4 * 6 + 1                       # 4 adapters x (A, a, U, c, W_r, b_r) + MOD embedding
+    for name, ref_grad in ref_grads.items():
+        assert ref_grad.abs().max() > 0, name
+        assert relative_error(fast_grads[name], ref_grad) <= 1e-4, name

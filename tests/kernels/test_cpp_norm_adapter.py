@@ -14,8 +14,8 @@ import fastmma
 from fastmma import reference
 from fastmma.ops import cpp_backend, norm_adapter
 
-from ..helpers import assert_close_to_reference, randomize_adapters, relative_error, tiny_causal_lm
-from .inputs import logits_and_adapter_grads, make_inputs
+from ..helpers import assert_close_to_reference, randomize_adapters, tiny_causal_lm
+from .inputs import assert_backend_matches_reference, make_inputs
 
 pytestmark = pytest.mark.skipif(not cpp_backend.is_available(),
                                 reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")
@@ -182,14 +182,4 @@ def test_patched_llama_matches_reference_backend(monkeypatch):
     model.train()
     ids = torch.randint(3, 100, (3, 10), generator=torch.Generator().manual_seed(0))
     modality = torch.tensor([0, 1, 1])
-    results = {}
-    for backend_name in ("reference", "cpp"):
-        monkeypatch.setenv("FASTMMA_BACKEND", backend_name)
-        results[backend_name] = logits_and_adapter_grads(model, ids, modality)
-    (ref_logits, ref_grads), (fast_logits, fast_grads) = results["reference"], results["cpp"]
-    assert relative_error(fast_logits, ref_logits) <= 1e-5
-    assert set(fast_grads) == set(ref_grads)
-    assert len(ref_grads) == 4 * 6 + 1                       # 4 adapters x (A, a, U, c, W_r, b_r) + MOD embedding
-    for name, ref_grad in ref_grads.items():
-        assert ref_grad.abs().max() > 0, name
-        assert relative_error(fast_grads[name], ref_grad) <= 1e-4, name
+    assert_backend_matches_reference(monkeypatch, model, ids, modality, "cpp")

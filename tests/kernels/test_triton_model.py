@@ -4,8 +4,8 @@ import torch
 import fastmma
 from fastmma.ops import triton_backend  # noqa: F401  (registers the "triton" backend)
 
-from ..helpers import randomize_adapters, relative_error, tiny_causal_lm
-from .inputs import logits_and_adapter_grads
+from ..helpers import randomize_adapters, tiny_causal_lm
+from .inputs import assert_backend_matches_reference
 
 
 def test_patched_llama_matches_reference_backend(monkeypatch):
@@ -14,17 +14,7 @@ def test_patched_llama_matches_reference_backend(monkeypatch):
     model.train()
     ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))
     modality = torch.tensor([0, 1])
-    results = {}
-    for backend in ("reference", "triton"):
-        monkeypatch.setenv("FASTMMA_BACKEND", backend)
-        results[backend] = logits_and_adapter_grads(model, ids, modality)
-    (ref_logits, ref_grads), (fast_logits, fast_grads) = results["reference"], results["triton"]
-    assert relative_error(fast_logits, ref_logits) <= 1e-5
-    assert set(fast_grads) == set(ref_grads)
-    assert len(ref_grads) == 4 * 6 + 1                       # 4 adapters x (A, a, U, c, W_r, b_r) + MOD embedding
-    for name, ref_grad in ref_grads.items():
-        assert ref_grad.abs().max() > 0, name
-        assert relative_error(fast_grads[name], ref_grad) <= 1e-4, name
+    assert_backend_matches_reference(monkeypatch, model, ids, modality, "triton")
 
 
 def test_cached_generation_with_triton(monkeypatch):
