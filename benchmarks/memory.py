@@ -7,7 +7,8 @@ Variants, all with a frozen base and backward through every layer:
   fastmma         fastmma.patch defaults: fused norm+adapter op, recomputing SwiGLU, chunked loss
   peft_lora_qv    PEFT LoRA r=8 on q and v (only if `peft` is installed)
 at SmolLM2-135M (fp32, B=4, L=256) and at one LLaMA-7B-sized layer (bf16, B=1, L=256).
-Bytes are counted with torch.autograd.graph.saved_tensors_hooks, each storage once.
+Bytes are counted with torch.autograd.graph.saved_tensors_hooks, each storage once, the frozen
+parameters (which autograd also references for input gradients) excluded.
 
     python3 benchmarks/memory.py [--json out.json] [--png out.png] [--skip-7b]
 """
@@ -26,12 +27,15 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import fastmma
 
 
-def saved_bytes(run) -> int:
+def saved_bytes(run, model) -> int:
+    """Activation bytes autograd keeps during `run()`: saved tensors, each storage once, parameters excluded."""
+    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages = {}
 
     def pack(tensor):
         storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in parameter_storages:
+            storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -43,9 +47,9 @@ def measure(model, ids, adapters: bool) -> int:
     model.train()
     labels = ids.clone()
     if adapters:
-        return saved_bytes(lambda: model(ids, labels=labels, modality=0).loss)
+        return saved_bytes(lambda: model(ids, labels=labels, modality=0).loss, model)
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-    return saved_bytes(lambda: model(inputs_embeds=embeds, labels=labels).loss)
+    return saved_bytes(lambda: model(inputs_embeds=embeds, labels=labels).loss, model)
 
 
 def variants(base):
@@ -76,7 +80,7 @@ def run_case(name, base, ids, layers):
                 os.environ["FASTMMA_BACKEND"] = previous
         rows[variant] = {"total_bytes": total, "kb_per_token_per_layer": total / tokens / layers / 1024}
         print(f"{name:22s} {variant:14s} {total / 2**20:9.1f} MiB  {rows[variant]['kb_per_token_per_layer']:7.1f} "
-              f"KB/token/layer (all saved tensors, logits included)")
+              f"KB/token/layer (activations, logits included)")
     return rows
 
 
