@@ -62,6 +62,12 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     elif model._fastmma.config != config:
         raise ValueError(f"the adapters in {directory} were saved with {config}, but this model is patched with "
                          f"{model._fastmma.config}; call fastmma.unpatch(model) first, or load into an unpatched model")
+    return copy_adapters_or_undo(model, tensors, directory, patched_here)
+
+
+def copy_adapters_or_undo(model: nn.Module, tensors: dict[str, torch.Tensor], directory: Path,
+                          patched_here: bool) -> nn.Module:
+    """Copy saved tensors into the model's adapters; if that fails, unpatch a model this load patched."""
     try:
         _copy_into(adapter_parameters(model), tensors, directory)
     except Exception:

@@ -5,10 +5,10 @@ from pathlib import Path
 
 from torch import nn
 
-from ..serialization import ADAPTER_WEIGHTS, _copy_into, _read_tensors, write_adapter_files
+from ..serialization import ADAPTER_WEIGHTS, _read_tensors, copy_adapters_or_undo, write_adapter_files
 from .beit3 import beit3_description, check_beit3_host
 from .config import MWAConfig
-from .patching import METHOD, adapter_parameters, patch, require_mwa, unpatch
+from .patching import METHOD, adapter_parameters, patch, require_mwa
 
 
 def save(model: nn.Module, directory: str | Path) -> Path:
@@ -32,13 +32,7 @@ def load(model: nn.Module, directory: str | Path, saved: dict) -> nn.Module:
         patch(model, config)
     else:
         _check_patched_with(model, config, directory)
-    try:
-        _copy_into(adapter_parameters(model), tensors, directory)
-    except Exception:
-        if patched_here:
-            unpatch(model)
-        raise
-    return model
+    return copy_adapters_or_undo(model, tensors, directory, patched_here)
 
 
 def _check_base_matches(model: nn.Module, saved_base: dict, directory: Path) -> None:
