@@ -65,11 +65,16 @@ class MMAConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "MMAConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"MMAConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
+
+
+def config_from_dict(config_class, values: dict):
+    """Build a config dataclass from saved JSON, naming any field this version does not know."""
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{config_class.__name__}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    return config_class(**values)
 
 
 def _require(condition: bool, field_name: str, message: str) -> None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from ..config import config_from_dict
 
 
 @dataclass
@@ -48,11 +50,7 @@ class MWAConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "MWAConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"MWAConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 def _is_positive_int(value) -> bool:

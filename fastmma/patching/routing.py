@@ -58,7 +58,7 @@ class RoutingContext:
             self._cache_key = None
             self._run_modality_pass(model)
             return
-        key = tuple(p._version for p in params) + tuple(id(p) for p in params[:1]) + (model.training,)
+        key = tuple(p._version for p in params) + (model.training,)
         if key != self._cache_key or any(t is None or t.requires_grad for t in self.tables):
             self._run_modality_pass(model)
             self._cache_key = key
