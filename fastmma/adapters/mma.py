@@ -56,9 +56,13 @@ class MMAAdapter(nn.Module):
         logits = self.router(modality_state.to(self.router.weight.dtype))
         return torch.softmax(logits / self.temperature, dim=-1)
 
+    @property
+    def applies_dropout(self) -> bool:
+        return self.training and self.dropout > 0.0
+
     def dropout_mask(self, rows_shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor | None:
         """Inverted-dropout multipliers for h, shape [*rows_shape, r], or None when dropout is off."""
-        if not self.training or self.dropout == 0.0:
+        if not self.applies_dropout:
             return None
         keep = torch.rand(*rows_shape, self.rank, device=device) >= self.dropout
         return keep.to(dtype) / (1.0 - self.dropout)

@@ -56,6 +56,14 @@ def resolve(op_name: str, device_type: str) -> tuple[str, Callable]:
     return choice, fn
 
 
+def has_implementation(op_name: str, device_type: str) -> bool:
+    """Whether the backend chosen for `device_type` implements `op_name` (for optional fast paths)."""
+    choice = requested_backend()
+    if choice == "auto":
+        choice = _auto_backend(op_name, device_type)
+    return (op_name, choice) in _IMPLEMENTATIONS and is_available(choice)
+
+
 def _auto_backend(op_name: str, device_type: str) -> str:
     preferred = "triton" if device_type == "cuda" else "cpp"
     if (op_name, preferred) in _IMPLEMENTATIONS and is_available(preferred):

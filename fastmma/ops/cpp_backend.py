@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import backend
-from .norm_adapter import OP_PER_SAMPLE, OP_PER_TOKEN
+from .norm_adapter import OP_FOLDED, OP_PER_SAMPLE, OP_PER_TOKEN, FoldedAdapter
 
 try:
     from .. import _C
@@ -99,6 +99,19 @@ def cpp_rms_norm_adapter_by_expert(x, norm_weight, eps, down_weight, down_bias, 
     return _fused(x, norm_weight, eps, down_weight, down_bias, up_table, bias_table, table_index, h_mask)
 
 
+def cpp_rms_norm_adapter_folded(x, folded: FoldedAdapter, table_ids):
+    """Inference only (no autograd): one kernel call, the tables built once by `fold_tables`."""
+    _check_x(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise RuntimeError("rms_norm_adapter_folded is inference-only; run it under torch.no_grad()")
+    batch, length, hidden = x.shape
+    row_tables = table_ids if length == 1 else table_ids.repeat_interleave(length)   # [B*L]
+    y, _, _ = _C.rms_norm_adapter_forward(x.reshape(-1, hidden), folded.norm_weight, folded.eps, folded.down_weight,
+                                          folded.down_bias, folded.up_table, folded.bias_table, row_tables, None)
+    return y.view(batch, length, hidden)
+
+
 backend.register(OP_PER_SAMPLE, "cpp", cpp_rms_norm_adapter)
+backend.register(OP_FOLDED, "cpp", cpp_rms_norm_adapter_folded)
 backend.register(OP_PER_TOKEN, "cpp", cpp_rms_norm_adapter_by_expert)
 backend.register_availability("cpp", is_available)

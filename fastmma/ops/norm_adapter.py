@@ -7,6 +7,8 @@
 Two routing forms share the op:
 - `rms_norm_adapter`: per-sample router weights [B, E] (MMA / LaVIN);
 - `rms_norm_adapter_by_expert`: a per-token expert id [B, L] (MultiWay: one expert per modality).
+A third, inference-only form takes the router already folded into per-table U_eff/c_eff
+(`rms_norm_adapter_folded`, built by `fold_tables`): no autograd, for generation and evaluation.
 
 Backends ("reference", "torch", and "triton"/"cpp" when registered) take the same
 arguments and return y [B, L, D] in x's dtype; autograd flows through every input.
@@ -22,6 +24,7 @@ from . import backend
 OP_PER_SAMPLE = "rms_norm_adapter"
 OP_PER_TOKEN = "rms_norm_adapter_by_expert"
 OP_ADAPTER_ONLY = "mma_adapter"
+OP_FOLDED = "rms_norm_adapter_folded"
 
 
 def rms_norm_adapter(x, norm_weight, eps, down_weight, down_bias, up_weight, up_bias, router_weights, scale,
@@ -42,6 +45,48 @@ def mma_adapter(normed, down_weight, down_bias, up_weight, up_bias, router_weigh
     """The adapter alone on an already-normalized input (e.g. a ViT's LayerNorm output): normed [B, L, D]."""
     _, impl = backend.resolve(OP_ADAPTER_ONLY, normed.device.type)
     return impl(normed, down_weight, down_bias, up_weight, up_bias, router_weights, scale, h_mask)
+
+
+def rms_norm_adapter_folded(x, folded, table_ids):
+    """Inference only: x [B, L, D], `folded` from `fold_tables`, table_ids [B] (int) -> y [B, L, D]."""
+    _, impl = backend.resolve(OP_FOLDED, x.device.type)
+    return impl(x, folded, table_ids)
+
+
+class FoldedAdapter:
+    """RMSNorm + adapter parameters with the router folded in, one table per routing choice.
+
+    norm_weight [D], down_weight [r, D], down_bias [r]: in the accumulation dtype;
+    up_table [T, r/G, D] = scale * sum_e w[t, e] U_e (transposed), bias_table [T, D] = scale * w[t] @ c.
+    """
+
+    def __init__(self, norm_weight, eps, down_weight, down_bias, up_table, bias_table):
+        self.norm_weight = norm_weight
+        self.eps = float(eps)
+        self.down_weight = down_weight
+        self.down_bias = down_bias
+        self.up_table = up_table
+        self.bias_table = bias_table
+
+
+@torch.no_grad()
+def fold_tables(norm_weight, eps, down_weight, down_bias, up_weight, up_bias, router_table, scale,
+                dtype=torch.float32) -> FoldedAdapter:
+    """Fold router_table [T, E] (e.g. one row per modality) into a FoldedAdapter in `dtype`."""
+    weights = router_table.to(dtype)                                                     # [T, E]
+    up_table = scale * torch.einsum("te,edk->tkd", weights, up_weight.to(dtype))         # [T, r/G, D]
+    bias_table = scale * weights @ up_bias.to(dtype)                                     # [T, D]
+    return FoldedAdapter(norm_weight.to(dtype), eps, down_weight.to(dtype), down_bias.to(dtype),
+                         up_table.contiguous(), bias_table.contiguous())
+
+
+def torch_rms_norm_adapter_folded(x, folded: FoldedAdapter, table_ids):
+    compute = folded.up_table.dtype
+    normed = reference.rms_norm_reference(x.to(compute), folded.norm_weight, folded.eps)   # [B, L, D]
+    h = F.linear(normed, folded.down_weight, folded.down_bias)                             # [B, L, r]
+    up_eff = folded.up_table[table_ids].transpose(1, 2)                                    # [B, D, r/G]
+    y = normed + _grouped_up(h, up_eff) + folded.bias_table[table_ids][:, None, :]
+    return y.to(x.dtype)
 
 
 def _down(normed, down_weight, down_bias, h_mask):
@@ -98,4 +143,5 @@ backend.register(OP_PER_SAMPLE, "reference", reference.norm_adapter_reference)
 backend.register(OP_PER_TOKEN, "torch", torch_rms_norm_adapter_by_expert)
 backend.register(OP_PER_TOKEN, "reference", reference.norm_adapter_by_expert_reference)
 backend.register(OP_ADAPTER_ONLY, "torch", torch_mma_adapter)
+backend.register(OP_FOLDED, "torch", torch_rms_norm_adapter_folded)
 backend.register(OP_ADAPTER_ONLY, "reference", reference.mma_adapter_reference)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..adapters import MMAAdapter
-from ..ops import rms_norm_adapter
+from ..ops import rms_norm_adapter, rms_norm_adapter_folded
 from .routing import RoutingContext
 
 
@@ -27,6 +27,9 @@ class MMARMSNorm(nn.Module):
         object.__setattr__(self, "routing", routing)      # shared plain object, not a sub-module
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        folded = self.routing.folded_adapter(self, hidden_states)
+        if folded is not None:                                     # generation / evaluation: one kernel call
+            return rms_norm_adapter_folded(hidden_states, folded, self.routing.modality_ids)
         router_weights = self.routing.router_weights(self, hidden_states)        # [B, E]
         h_mask = self.adapter.dropout_mask(hidden_states.shape[:-1], hidden_states.dtype, hidden_states.device)
         adapter = self.adapter

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from .. import reference
+from ..ops import backend
+from ..ops.norm_adapter import OP_FOLDED, FoldedAdapter, fold_tables
 
 _MODALITY_PASS = "modality"
 _MAIN_PASS = "main"
@@ -31,6 +33,8 @@ class RoutingContext:
         self.phase: str | None = None
         self.modality_ids: torch.Tensor | None = None                   # [B]
         self._cache_key = None
+        self._folded: dict[tuple[int, torch.dtype], FoldedAdapter] = {}
+        self._has_folded_backend: dict[str, bool] = {}            # per device type, reset every forward
 
     def router_weights(self, norm: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
         """Router weights [B, E] for the batch now flowing through `norm`."""
@@ -48,6 +52,31 @@ class RoutingContext:
         raise RuntimeError("a fastmma-patched layer ran outside the patched model's forward; call the top-level "
                            "model (e.g. model(input_ids, modality=...)) so the router weights are computed first")
 
+    def folded_adapter(self, norm: nn.Module, hidden_states: torch.Tensor) -> FoldedAdapter | None:
+        """`norm`'s adapter with its router rows folded in, when the main pass may use them; else None.
+
+        Only for inference with cached tables (no autograd, no dropout): generation and evaluation.
+        Built once per site and dtype, dropped whenever the tables are recomputed.
+        """
+        if (self.phase != _MAIN_PASS or self._cache_key is None or torch.is_grad_enabled()
+                or norm.adapter.applies_dropout or not self._folded_backend(hidden_states.device.type)):
+            return None
+        compute = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
+        key = (norm.site_index, compute)
+        folded = self._folded.get(key)
+        if folded is None:
+            adapter = norm.adapter
+            folded = fold_tables(norm.weight, norm.variance_epsilon, adapter.down.weight, adapter.down.bias,
+                                 adapter.up_weight, adapter.up_bias, self.tables[norm.site_index], adapter.scale,
+                                 compute)
+            self._folded[key] = folded
+        return folded
+
+    def _folded_backend(self, device_type: str) -> bool:
+        if device_type not in self._has_folded_backend:
+            self._has_folded_backend[device_type] = backend.has_implementation(OP_FOLDED, device_type)
+        return self._has_folded_backend[device_type]
+
     def refresh_tables(self, model: nn.Module, params: list[torch.Tensor]) -> None:
         """Run the modality pass, or reuse the last tables when nothing they depend on changed.
 
@@ -64,6 +93,7 @@ class RoutingContext:
             self._cache_key = key
 
     def _run_modality_pass(self, model: nn.Module) -> None:
+        self._folded.clear()
         state = model._fastmma
         decoder = state.family.decoder(model)
         dtype = decoder.embed_tokens.weight.dtype
@@ -93,6 +123,7 @@ class RoutingContext:
         """Route the batch about to run by `modality_ids` [B] (kept until the next forward)."""
         self.phase = _MAIN_PASS
         self.modality_ids = modality_ids
+        self._has_folded_backend.clear()
 
 
 def modality_ids_for(modality, batch_size: int, num_modalities: int, device) -> torch.Tensor:
