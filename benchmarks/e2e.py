@@ -60,6 +60,13 @@ def summary(seconds: list[float]) -> dict:
     return dict(median_ms=median * 1e3, q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, n=len(seconds))
 
 
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
+    """Median and inter-quartile range of the per-round ratios (the two variants ran in the same round)."""
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    return dict(median=median, q1=q1, q3=q3, n=len(ratios))
+
+
 def interleaved(steps: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
     """Time one call of each step per round, in rotating order, after `warmup` untimed rounds."""
     names = list(steps)
@@ -117,7 +124,9 @@ def measure_training(base, patched, args) -> dict:
     base.train()
     steps = {"base": training_step(base, input_ids), "patched": training_step(patched, input_ids, modality=0)}
     times = interleaved(steps, args.train_pairs, args.warmup)
-    return {name: summary(seconds) for name, seconds in times.items()}
+    results = {name: summary(seconds) for name, seconds in times.items()}
+    results["patched_over_base_per_round"] = paired_ratio(times["patched"], times["base"])
+    return results
 
 
 def measure_decoding(base, patched, merged, tokenizer, args) -> dict:
@@ -134,20 +143,31 @@ def measure_decoding(base, patched, merged, tokenizer, args) -> dict:
     results = {name: summary(seconds) for name, seconds in times.items()}
     for result in results.values():
         result["tokens_per_s"] = args.new_tokens / (result["median_ms"] / 1e3)
+    for name in ("unmerged", "merged"):        # tokens/s ratio = base time / variant time, per round
+        results[f"{name}_over_base_per_round"] = paired_ratio(times["base"], times[name])
     return results
 
 
 def report(results: dict) -> None:
     train, decode = results["training_step"], results["decoding"]
     print(f"backend for the adapters: {results['backend']}; threads: {results['threads']}")
-    for name, row in train.items():
+    for name in ("base", "patched"):
+        row = train[name]
         print(f"train step {name:9s} median {row['median_ms']:8.1f} ms  (IQR {row['q1_ms']:.1f}-{row['q3_ms']:.1f})")
-    print(f"train step patched / base = {results['ratios']['train_patched_over_base']:.3f}")
-    for name, row in decode.items():
+    print(f"train step patched / base = {results['ratios']['train_patched_over_base']:.3f} (ratio of medians); "
+          f"per round {_ratio_text(train['patched_over_base_per_round'])}")
+    for name in ("base", "unmerged", "merged"):
+        row = decode[name]
         print(f"decode {name:9s} {row['tokens_per_s']:7.1f} tokens/s  median {row['median_ms']:8.1f} ms "
               f"(IQR {row['q1_ms']:.1f}-{row['q3_ms']:.1f}) per {results['config']['new_tokens']} tokens")
     print(f"decode tokens/s unmerged / base = {results['ratios']['decode_unmerged_over_base']:.3f}, "
-          f"merged / base = {results['ratios']['decode_merged_over_base']:.3f}")
+          f"merged / base = {results['ratios']['decode_merged_over_base']:.3f} (ratios of medians); per round "
+          f"unmerged {_ratio_text(decode['unmerged_over_base_per_round'])}, "
+          f"merged {_ratio_text(decode['merged_over_base_per_round'])}")
+
+
+def _ratio_text(ratio: dict) -> str:
+    return f"median {ratio['median']:.3f} (IQR {ratio['q1']:.3f}-{ratio['q3']:.3f}, n={ratio['n']})"
 
 
 def main(argv=None) -> dict:
