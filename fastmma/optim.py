@@ -17,8 +17,13 @@ def lavin_learning_rate(batch_size: int) -> float:
 
 def parameter_groups(model: nn.Module, weight_decay: float = 0.02) -> list[dict]:
     """Trainable parameters split into a decayed group (matrices) and an undecayed one (biases, 1-D)."""
+    return named_parameter_groups(model.named_parameters(), weight_decay)
+
+
+def named_parameter_groups(named_parameters, weight_decay: float = 0.02) -> list[dict]:
+    """`parameter_groups` over (name, parameter) pairs; those without requires_grad are left out."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for name, param in named_parameters:
         if not param.requires_grad:
             continue
         (no_decay if param.dim() < 2 or name.endswith(".bias") else decay).append(param)

@@ -23,8 +23,8 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(default_llm_dir(), gguf_file=DEFAULT_GGUF_FILE, local_files_only=True)
 
 
-def tiny_llm(seed: int = 0):
-    tok = tokenizer()
+def tiny_llm(seed: int = 0, tok=None):
+    tok = tok if tok is not None else tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
@@ -37,13 +37,15 @@ def tiny_vit(seed: int = 0):
     return CLIPVisionModel(CLIPVisionConfig(**VIT_DIMS)).eval()
 
 
-def tiny_lavin(seed: int = 0, dropout: float = 0.0, **config_overrides) -> LaVIN:
+def tiny_lavin(seed: int = 0, dropout: float = 0.0, tok=None, **config_overrides) -> LaVIN:
+    """tok: a tokenizer to use instead of SmolLM2's from its GGUF file (which takes seconds to load)."""
+    tok = tok if tok is not None else tokenizer()
     adapter = fastmma.MMAConfig(rank=4, groups=2, dropout=dropout)
     config = LaVINConfig(llm_adapter=adapter, vision_adapter=adapter, visual_every=2, visual_hidden=16,
                          **config_overrides)
-    llm, vit = tiny_llm(seed), tiny_vit(seed)
+    llm, vit = tiny_llm(seed, tok), tiny_vit(seed)
     torch.manual_seed(seed + 1)
-    return LaVIN(llm, vit, tokenizer(), config)
+    return LaVIN(llm, vit, tok, config)
 
 
 def randomize_trainable(model, std: float = 0.2, seed: int = 1) -> None:

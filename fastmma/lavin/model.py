@@ -12,6 +12,14 @@ from .pixels import pixel_values
 from .sequence import EncodedSample, assemble, encode_prompt, encode_sample
 
 
+def _with_zero_gradients(loss: torch.Tensor, parameters: list[nn.Parameter]) -> torch.Tensor:
+    """`loss` plus an exact 0 whose backward gives each parameter an all-zero gradient (the sum of an
+    empty slice: no multiplication by 0, so even a non-finite parameter adds exactly 0)."""
+    for param in parameters:
+        loss = loss + param.reshape(-1)[:0].sum().to(device=loss.device, dtype=loss.dtype)
+    return loss
+
+
 class VisualAdapter(nn.Module):
     """Linear(D_vit, hidden) -> SiLU -> Linear(hidden, D_llm), xavier weights, zero biases."""
 
@@ -73,8 +81,28 @@ class LaVIN(nn.Module):
 
     # -- training -------------------------------------------------------------------------
     def forward(self, encoded: list[EncodedSample]):
-        """Causal-LM output with `.loss` on the answer tokens of a batch of encoded samples."""
-        return self.llm(**self.batch_inputs(encoded))
+        """Causal-LM output with `.loss` on the answer tokens of a batch of encoded samples.
+
+        With autograd on, every trainable tensor the batch does not reach (all of the vision side when
+        no sample has an image; the adapters of ViT blocks after the last tapped one) gets an exact zero
+        gradient through a term that adds 0 to the loss. DistributedDataParallel without
+        find_unused_parameters needs a gradient for every trainable tensor on every rank at every step
+        (a rank may draw only text samples); and since a single process does the same, the optimizer
+        sees the same gradients (zero, not None, for a text-only global batch) with one process or N.
+        """
+        output = self.llm(**self.batch_inputs(encoded))
+        if output.loss is not None and torch.is_grad_enabled():
+            has_images = any(sample.image is not None for sample in encoded)
+            output.loss = _with_zero_gradients(output.loss, self._parameters_not_reached(has_images))
+        return output
+
+    def _parameters_not_reached(self, has_images: bool) -> list[nn.Parameter]:
+        if has_images:
+            layers = vision_transformer(self.vision).encoder.layers
+            modules = list(layers[self.num_visual_tokens * self.config.visual_every:])     # after the last tap
+        else:
+            modules = [self.vision, self.visual_adapter]
+        return [p for module in modules for p in module.parameters() if p.requires_grad]
 
     # -- generation -----------------------------------------------------------------------
     @torch.no_grad()
