@@ -5,9 +5,15 @@ from torch import nn
 
 
 def enable_checkpointing(model: nn.Module, offload: bool = False) -> None:
-    """Recompute each decoder layer in backward (non-reentrant); `offload` keeps the checkpointed
-    layer inputs in CPU memory (CUDA), where this transformers version supports it."""
+    """Recompute each decoder layer in backward (non-reentrant).
+
+    offload: keep the checkpointed layer inputs (the only activations a checkpointed layer keeps) in pinned
+    CPU memory instead of GPU memory, at the cost of a device-to-host copy per layer in the forward and
+    back in the backward. On a model whose parameters are on the CPU it is a no-op: the inputs are in CPU
+    memory already, and copying them there again would only double them.
+    """
     kwargs = {"use_reentrant": False}
+    offload = offload and on_accelerator(model)
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, offload=offload)
     elif offload:
@@ -15,6 +21,12 @@ def enable_checkpointing(model: nn.Module, offload: bool = False) -> None:
                                   "upgrade transformers or set offload=False")
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def on_accelerator(model: nn.Module) -> bool:
+    """Whether the model's parameters live on a device other than the CPU (where offloading frees memory)."""
+    parameter = next(model.parameters(), None)
+    return parameter is not None and parameter.device.type not in ("cpu", "meta")
 
 
 def disable_checkpointing(model: nn.Module) -> None:

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .mwa.cli import add_retrieval_subcommand
 
     add_retrieval_subcommand(commands)
+    from .memory.cli import add_memory_subcommand
+
+    add_memory_subcommand(commands)
     return parser
 
 
@@ -63,6 +66,10 @@ def _demo(args) -> int:
 
 
 def _train(args) -> int:
+    """Train LaVIN; under `torchrun --nproc_per_node N` every process runs this and trains its shard."""
+    import torch
+
+    from . import distributed
     from .data.sources import load_samples
     from .lavin import LaVIN, LaVINConfig
     from .lavin.build import build_llm, build_vision
@@ -72,13 +79,21 @@ def _train(args) -> int:
     missing = [key for key in ("models", "data", "train") if key not in spec]
     if missing:
         raise ValueError(f"{args.config} lacks {missing}; see the README's training section for the format")
+    config = TrainConfig(**spec["train"])
+    launched = distributed.init_distributed()            # no-op unless started by torchrun with WORLD_SIZE > 1
     llm, tokenizer = build_llm(spec["models"]["llm"])
+    torch.manual_seed(config.seed)                          # the adapters' initialisation
     model = LaVIN(llm, build_vision(spec["models"]["vision"]), tokenizer, LaVINConfig.from_dict(spec.get("lavin", {})))
     model.model_spec = spec["models"]
-    config = TrainConfig(**spec["train"])
+    if launched:
+        model.to(distributed.rank_device())
     result = train(model, load_samples(spec["data"]), config, resume=not args.no_resume)
-    model.save_pretrained(Path(config.out_dir) / "final")
-    print(f"final loss {result.losses[-1]:.4f}; model saved to {Path(config.out_dir) / 'final'}")
+    if distributed.is_main_process():
+        model.save_pretrained(Path(config.out_dir) / "final")
+        print(f"final loss {result.losses[-1]:.4f}; model saved to {Path(config.out_dir) / 'final'}")
+    if launched:
+        distributed.barrier()
+        distributed.shutdown()
     return 0
 
 

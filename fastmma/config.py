@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 MMA_TARGETS = ("attn", "ffn")
+ATTN_IMPLEMENTATIONS = ("auto", "keep", "sdpa", "eager", "flash_attention_2")   # see fastmma/patching/attention.py
 
 
 @dataclass
@@ -21,6 +22,10 @@ class MMAConfig:
     recompute_swiglu: the frozen SwiGLU MLP keeps only its gate and up outputs for backward.
     chunked_loss: with labels and autograd on, the LM head + loss run in chunks so the
         [tokens, vocab] logits are never stored (the output's `logits` is then None).
+    recompute_norm: the frozen RMSNorms without an adapter (and the final norm) keep only their
+        input and rstd (not an fp32 copy of a bf16/fp16 input).
+    attn_implementation: "auto" (flash-attn 2 on CUDA in fp16/bf16 when `flash_attn` is installed,
+        else SDPA), "keep" (the model's own), or "sdpa" / "eager" / "flash_attention_2".
     """
 
     rank: int = 8
@@ -33,6 +38,8 @@ class MMAConfig:
     num_modalities: int = 2
     recompute_swiglu: bool = True
     chunked_loss: bool = True
+    recompute_norm: bool = True
+    attn_implementation: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.targets, str):
@@ -51,6 +58,8 @@ class MMAConfig:
         unknown = [t for t in self.targets if t not in MMA_TARGETS]
         _require(not unknown, "targets", f"unknown target(s) {unknown}; supported targets are {MMA_TARGETS}")
         _require(len(set(self.targets)) == len(self.targets), "targets", f"lists a target twice: {self.targets}")
+        _require(self.attn_implementation in ATTN_IMPLEMENTATIONS, "attn_implementation",
+                 f"{self.attn_implementation!r} is not one of {ATTN_IMPLEMENTATIONS}")
 
     def check_hidden_size(self, hidden_size: int) -> None:
         """Raise ValueError if the adapter cannot be laid over a model of this width."""

@@ -4,6 +4,13 @@ atomic periodic checkpoints and exact resume.
 Exactness of resume: the batch of step s is a pure function of (seed, s) (a per-epoch
 permutation), dropout is seeded per step, and a checkpoint holds the trainable tensors and
 the optimizer state; so a resumed run's loss curve equals the uninterrupted one.
+
+Under torchrun (after fastmma.distributed.init_distributed()), each of the N ranks runs its
+contiguous 1/N of every global batch in DistributedDataParallel. Each rank's loss is its
+samples' summed answer-token losses over the *global* batch's answer-token count, times N
+(DDP averages gradients over ranks), so the all-reduced gradient is the single-process
+gradient of the same global batch. Rank 0 alone shows progress and writes checkpoints and
+metrics; every rank resumes from them. Dropout is seeded per (step, rank).
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpointing import disable_checkpointing, enable_checkpointing
 from .data.samples import VLSample
 from .lavin.sequence import EncodedSample
@@ -28,7 +36,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 @dataclass
 class TrainConfig:
     """steps: optimizer steps (default: `epochs` passes over the data).
-    batch_size: samples per optimizer step; micro_batch_size: samples per forward (accumulation).
+    batch_size: samples per optimizer step (over all ranks under torchrun; a multiple of the number of ranks);
+    micro_batch_size: samples per forward on one rank (accumulation).
     lr: None -> LaVIN's 9e-3 x batch_size / 256. warmup_steps: None -> 10% of the steps (LaVIN: 2 of 20 epochs).
     precision: fp32 | bf16 (autocast) | fp16 (CUDA only, with loss scaling).
     on_bad_sample: "error" stops at the first sample that cannot be used; "skip" drops it and reports the count.
@@ -46,6 +55,7 @@ class TrainConfig:
     max_grad_norm: float | None = None
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    offload_checkpoints: bool = False     # keep checkpointed layer inputs in CPU memory (CUDA; a no-op on CPU)
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     max_length: int = 512
@@ -62,6 +72,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision={self.precision!r}; choose one of {PRECISIONS}")
         if self.on_bad_sample not in ("error", "skip"):
             raise ValueError(f"TrainConfig.on_bad_sample={self.on_bad_sample!r}; choose 'error' or 'skip'")
+        if self.offload_checkpoints and not self.gradient_checkpointing:
+            raise ValueError("TrainConfig.offload_checkpoints=True offloads the inputs that gradient checkpointing "
+                             "keeps; set gradient_checkpointing=True too (or offload_checkpoints=False)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,7 +94,11 @@ def train(model, samples: list[VLSample], config: TrainConfig, resume: bool = Tr
     """Train `model` (a fastmma.LaVIN) on `samples`. Resumes from the newest checkpoint in out_dir.
 
     stop_after: stop (after checkpointing) once this many steps are done, as if interrupted.
+    Under torchrun, call fastmma.distributed.init_distributed() first; every rank passes the same
+    model, samples and config, and `model` on the rank's device (fastmma.distributed.rank_device()).
     """
+    distributed.check_divisible(config.batch_size, distributed.world_size(), what="TrainConfig.batch_size")
+    main_process = distributed.is_main_process()
     encoded, skipped = encode_all(model, samples, config)
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(encoded) / config.batch_size))
     lr = config.lr if config.lr is not None else lavin_learning_rate(config.batch_size)
@@ -93,17 +110,19 @@ def train(model, samples: list[VLSample], config: TrainConfig, resume: bool = Tr
     checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer)
-        print(f"resuming from {checkpoint} at step {state.step}/{total_steps}")
-    _set_checkpointing(model, config.gradient_checkpointing)
+        if main_process:
+            print(f"resuming from {checkpoint} at step {state.step}/{total_steps}")
+    _set_checkpointing(model, config.gradient_checkpointing, config.offload_checkpoints)
+    runner = distributed.wrap_ddp(model) if distributed.is_distributed() else model
 
     model.train()
     started = time.perf_counter()
     progress = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc="training",
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=not main_process)
     for step in progress:
         _set_lr(optimizer, lr * warmup_cosine_factor(step, total_steps, warmup))
         step_started = time.perf_counter()
-        loss, tokens = _optimizer_step(model, optimizer, scaler, encoded, step, config)
+        loss, tokens = _optimizer_step(runner, optimizer, scaler, encoded, step, config)
         state.step = step + 1
         state.losses.append(loss)
         state.log.append({"step": state.step, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
@@ -111,12 +130,14 @@ def train(model, samples: list[VLSample], config: TrainConfig, resume: bool = Tr
         progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{state.log[-1]['tokens_per_second']:.0f}")
         finished = state.step == total_steps or (stop_after is not None and state.step >= stop_after)
         if state.step % config.checkpoint_every == 0 or finished:
-            save_checkpoint(out_dir, model, optimizer, state, config, skipped, keep=config.keep_checkpoints)
+            if main_process:
+                save_checkpoint(out_dir, model, optimizer, state, config, skipped, keep=config.keep_checkpoints)
+            distributed.barrier()                   # no rank runs ahead of (or reads) an unfinished checkpoint
         if finished:
             break
     progress.close()
     model.eval()
-    if skipped:
+    if skipped and main_process:
         print(f"skipped {skipped} sample(s) that could not be used (on_bad_sample='skip')")
     return TrainResult(state.losses, skipped, time.perf_counter() - started, out_dir, state.log)
 
@@ -147,19 +168,30 @@ def batch_indices(step: int, batch_size: int, num_samples: int, seed: int) -> li
 
 
 def _optimizer_step(model, optimizer, scaler, encoded, step, config) -> tuple[float, int]:
-    torch.manual_seed(config.seed * 1_000_003 + step)          # dropout masks depend only on (seed, step)
+    """One optimizer step on the global batch of `step` (this rank's shard of it under DDP).
+
+    Returns the global batch's loss (mean over its answer tokens) and its token count, over all ranks.
+    """
+    rank, world = distributed.rank(), distributed.world_size()
+    torch.manual_seed(config.seed * 1_000_003 + step * world + rank)   # dropout depends only on (seed, step, rank)
     chosen = [encoded[i] for i in batch_indices(step, config.batch_size, len(encoded), config.seed)]
+    answer_tokens = max(1, sum(_answer_tokens(s) for s in chosen))     # of the global batch, on every rank
+    mine = distributed.rank_shard(chosen, rank, world)
     micro = config.micro_batch_size or config.batch_size
-    answer_tokens = sum(_answer_tokens(s) for s in chosen)
+    parts = [mine[start:start + micro] for start in range(0, len(mine), micro)]
     total_loss, total_tokens = 0.0, 0
-    for start in range(0, len(chosen), micro):
-        part = chosen[start:start + micro]
+    for index, part in enumerate(parts):
         weight = sum(_answer_tokens(s) for s in part) / answer_tokens
-        with _autocast(config, model):
-            loss = model(part).loss * weight
-        (scaler.scale(loss) if scaler else loss).backward()
+        with distributed.gradient_sync(model, enabled=index == len(parts) - 1):
+            with _autocast(config, model):
+                loss = model(part).loss * weight               # this part's share of the global mean loss
+            scaled = loss * world                              # DDP averages gradients over the ranks
+            (scaler.scale(scaled) if scaler else scaled).backward()
         total_loss += loss.item()
         total_tokens += sum(len(s.prefix_ids) + len(s.text_ids) for s in part)
+    if world > 1:
+        total_loss, total_tokens = distributed.all_reduce_sum([total_loss, total_tokens])
+        total_tokens = int(total_tokens)
     if scaler:
         scaler.unscale_(optimizer)
     if config.max_grad_norm is not None:
@@ -200,8 +232,8 @@ def _set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _set_checkpointing(model, enabled: bool) -> None:
+def _set_checkpointing(model, enabled: bool, offload: bool = False) -> None:
     if enabled:
-        enable_checkpointing(model.llm)
+        enable_checkpointing(model.llm, offload=offload)
     else:
         disable_checkpointing(model.llm)

@@ -29,6 +29,8 @@ def test_chunked_loss_matches_full_logits():
     head = torch.randn(50, 16, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 50, (3, 11), generator=generator)
     labels[0, :4] = -100
+    labels[1, :] = -100                          # a sample with no scored token
+    labels[2, :8] = -100                         # answers only, as LaVIN scores them
     expected = F.cross_entropy((hidden @ head.t())[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1),
                                ignore_index=-100)
     (expected_grad,) = torch.autograd.grad(expected, hidden)
@@ -37,6 +39,13 @@ def test_chunked_loss_matches_full_logits():
         (grad,) = torch.autograd.grad(loss * 3.0, hidden)
         torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(grad, 3.0 * expected_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_loss_with_no_scored_token_is_zero():
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    loss = chunked_linear_cross_entropy(hidden, torch.randn(20, 8), torch.full((2, 5), -100))
+    loss.backward()
+    assert loss.item() == 0.0 and hidden.grad.abs().max().item() == 0.0
 
 
 def test_chunked_loss_keeps_an_eighth_of_the_logits():
@@ -92,3 +101,46 @@ def test_ten_training_steps_match_the_plain_model():
     assert models[1](ids, labels=labels).logits is None                  # never materialised in training
     with torch.no_grad():
         assert models[1](ids, labels=labels).logits.shape == (3, 12, 97)   # but returned when not training
+
+
+def test_lean_rms_norm_matches_hugging_face_and_keeps_input_and_rstd():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from fastmma.memory import rms_norm
+
+    norm = LlamaRMSNorm(24, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(24, generator=torch.Generator().manual_seed(1)))
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        hf = copy.deepcopy(norm).to(dtype)
+        x = (torch.randn(3, 5, 24, dtype=torch.float64) * 3).to(dtype).requires_grad_()
+        grad_out = torch.randn(3, 5, 24, dtype=torch.float64).to(dtype)
+        expected = hf(x)
+        expected_grads = torch.autograd.grad(expected, (x, hf.weight), grad_out)
+        out, kept = saved_bytes(lambda: rms_norm(x, hf.weight, hf.variance_epsilon))
+        grads = torch.autograd.grad(out, (x, hf.weight), grad_out)
+        assert torch.equal(out, expected)                               # the same ops forward
+        tolerance = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+        for got, want in zip(grads, expected_grads):
+            torch.testing.assert_close(got, want, **tolerance)
+        size = torch.empty((), dtype=dtype).element_size()
+        assert kept == x.numel() * size + 15 * 4 + 24 * size             # x, rstd [3, 5, 1] (fp32), weight
+        if dtype == torch.bfloat16:                                     # with a frozen weight, as in fastmma:
+            frozen = copy.deepcopy(hf).requires_grad_(False)
+            _, hf_kept = saved_bytes(lambda: frozen(x))
+            _, lean_kept = saved_bytes(lambda: rms_norm(x, frozen.weight, frozen.variance_epsilon))
+            assert hf_kept - lean_kept == x.numel() * (4 - 2)            # HF keeps the fp32 upcast of x instead
+
+
+def test_patch_swaps_the_plain_norms_and_the_mlp_and_unpatch_restores_them():
+    base = tiny_causal_lm("llama")
+    classes = {name: type(module) for name, module in base.named_modules()}
+    model = fastmma.patch(copy.deepcopy(base))
+    layer = model.model.layers[0]
+    assert type(layer.mlp).forward is not classes["model.layers.0.mlp"].forward                  # recomputing SwiGLU
+    assert type(layer.post_attention_layernorm).forward is not classes["model.layers.0.post_attention_layernorm"].forward
+    assert type(model.model.norm).forward is not classes["model.norm"].forward
+    fastmma.unpatch(model)
+    assert {name: type(module) for name, module in model.named_modules()} == classes
+    off = fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(recompute_norm=False, recompute_swiglu=False))
+    assert type(off.model.norm) is classes["model.norm"] and type(off.model.layers[0].mlp) is classes["model.layers.0.mlp"]

@@ -3,7 +3,9 @@
 The frozen LM head is applied to a chunk of hidden states at a time; each chunk's loss and its
 gradient with respect to the hidden states are computed in the forward pass, so only the
 gradient [tokens, D] is kept for backward (not the logits [tokens, V]). Logits are upcast to
-(at least) fp32 as Hugging Face's loss does.
+(at least) fp32 as Hugging Face's loss does. Each chunk's logits live in one [chunk, V] buffer
+that becomes the softmax and then the logits' gradient in place, so at most one chunk of
+logits (a sixteenth of the tokens by default) exists at any time.
 """
 from __future__ import annotations
 
@@ -24,14 +26,22 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], chunk_tokens):
             rows = slice(start, start + chunk_tokens)
+            # One [chunk, V] buffer at a time: the logits become exp, then softmax, then the logits' gradient in place.
             logits = (hidden[rows] @ head_weight.t()).to(compute)                   # [chunk, V]
             chunk_targets = targets[rows]
-            loss_sum += F.cross_entropy(logits, chunk_targets, ignore_index=IGNORE_INDEX, reduction="sum")
-            grad_logits = torch.softmax(logits, dim=-1)
             valid = chunk_targets != IGNORE_INDEX
-            grad_logits[valid, chunk_targets[valid]] -= 1.0
-            grad_logits[~valid] = 0.0
+            safe_targets = torch.where(valid, chunk_targets, 0)
+            target_logits = logits.gather(1, safe_targets[:, None])                  # [chunk, 1]
+            row_max = logits.amax(dim=1, keepdim=True)                               # [chunk, 1]
+            logits.sub_(row_max).exp_()
+            sum_exp = logits.sum(dim=1, keepdim=True)                                # [chunk, 1]
+            row_loss = sum_exp.log() + row_max - target_logits                       # -log softmax[target]
+            loss_sum += row_loss.masked_fill(~valid[:, None], 0.0).sum()
+            grad_logits = logits.div_(sum_exp)                                       # softmax
+            grad_logits[torch.arange(grad_logits.shape[0], device=logits.device)[valid], chunk_targets[valid]] -= 1.0
+            grad_logits.masked_fill_(~valid[:, None], 0.0)
             grad_hidden[rows] = (grad_logits.to(hidden.dtype) @ head_weight) / normalizer
+            del logits, grad_logits
         ctx.save_for_backward(grad_hidden)
         return loss_sum / normalizer
 
@@ -46,7 +56,7 @@ def chunked_linear_cross_entropy(hidden_states: torch.Tensor, head_weight: torch
     """Mean next-token loss of logits = hidden_states @ head_weight.T against labels shifted left by one.
 
     hidden_states [B, L, D], labels [B, L]. Same result as Hugging Face's ForCausalLMLoss.
-    chunk_tokens: rows per chunk (default: an eighth of the tokens, at most 1024).
+    chunk_tokens: scored rows per chunk (default: an eighth of the tokens, at most 1024).
     """
     if head_weight.requires_grad:
         raise ValueError("chunked_linear_cross_entropy keeps the LM head frozen; disable `chunked_loss` in the "
@@ -55,5 +65,10 @@ def chunked_linear_cross_entropy(hidden_states: torch.Tensor, head_weight: torch
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])                      # [B*L, D]
     normalizer = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
     normalizer = float(normalizer) if not torch.is_tensor(normalizer) else float(normalizer.item())
-    chunk = chunk_tokens or max(1, min(1024, math.ceil(hidden.shape[0] / 8)))
+    chunk = chunk_tokens or default_chunk_tokens(hidden.shape[0])
     return _ChunkedLinearCrossEntropy.apply(hidden, head_weight, targets, max(normalizer, 1.0), chunk)
+
+
+def default_chunk_tokens(tokens: int) -> int:
+    """Rows per chunk when none is given: a sixteenth of the tokens, at least 1, at most 1024."""
+    return max(1, min(1024, math.ceil(tokens / 16)))

@@ -16,13 +16,12 @@ class _SwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        # The same kernels and roundings as autograd's plain version (mul's backward, then silu_backward),
+        # so the gradients are identical; the temporaries stay in the inputs' dtype.
         gate, up = ctx.saved_tensors
-        compute = torch.promote_types(gate.dtype, torch.float32)      # at least fp32
-        gate_c, up_c, grad_c = gate.to(compute), up.to(compute), grad_out.to(compute)
-        sigmoid = torch.sigmoid(gate_c)
-        grad_gate = grad_c * up_c * sigmoid * (1 + gate_c * (1 - sigmoid))
-        grad_up = grad_c * gate_c * sigmoid
-        return grad_gate.to(gate.dtype), grad_up.to(up.dtype)
+        grad_gate = torch.ops.aten.silu_backward(grad_out * up, gate) if ctx.needs_input_grad[0] else None
+        grad_up = grad_out * F.silu(gate) if ctx.needs_input_grad[1] else None
+        return grad_gate, grad_up
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

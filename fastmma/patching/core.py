@@ -10,6 +10,8 @@ from ..adapters import MMAAdapter
 from ..config import MMAConfig
 from . import llama  # noqa: F401  (registers the LLaMA-layout families)
 from .methods import handler_for_config, handler_for_model
+from .attention import apply_attn_implementation, set_attn_implementation
+from .lean_norm import restore_norms, use_lean_norm
 from .model_class import original_class, patched_class_for
 from .mlp import restore_mlp, use_recomputing_swiglu
 from .norm import MMARMSNorm
@@ -43,6 +45,7 @@ class PatchState:
     table_dependencies: list[torch.Tensor]
     last_site_layer: int
     method: str = "mma"
+    attn_implementation_before: str | None = None      # set back by unpatch when patch changed it
 
 
 def modality_embedding(model: nn.Module) -> nn.Embedding:
@@ -71,6 +74,7 @@ def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
     config.check_hidden_size(hidden_size)
     reference_param = family.decoder(model).embed_tokens.weight
     device = reference_param.device
+    attn_before = apply_attn_implementation(model, config.attn_implementation)
 
     requires_grad_before = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
@@ -89,11 +93,19 @@ def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
             sites.append(PatchSite(layer_index, target, layer, attr, original, module))
         if config.recompute_swiglu and family.mlp_attr:
             use_recomputing_swiglu(getattr(layer, family.mlp_attr))
+        if config.recompute_norm:
+            for target, attr in family.norm_attrs.items():
+                if target not in config.targets:
+                    use_lean_norm(getattr(layer, attr))
+    final_norm = getattr(family.decoder(model), "norm", None)
+    if config.recompute_norm and final_norm is not None:
+        use_lean_norm(final_norm)
 
     modality_embedding = nn.Embedding(config.num_modalities, hidden_size).to(device=device, dtype=torch.float32)
     model.add_module(MODALITY_EMBEDDING_NAME, modality_embedding)
     state = PatchState(config, family, sites, routing, requires_grad_before,
-                       table_dependencies=list(model.parameters()), last_site_layer=len(layers) - 1)
+                       table_dependencies=list(model.parameters()), last_site_layer=len(layers) - 1,
+                       attn_implementation_before=attn_before)
     object.__setattr__(model, "_fastmma", state)
     model.__class__ = patched_class_for(type(model))
     return model
@@ -117,6 +129,9 @@ def _restore_base(model: nn.Module, state: PatchState) -> None:
     if state.family.mlp_attr:
         for layer in state.family.layers(model):
             restore_mlp(getattr(layer, state.family.mlp_attr))
+    restore_norms(model)
+    if state.attn_implementation_before is not None:
+        set_attn_implementation(model, state.attn_implementation_before)
     delattr(model, MODALITY_EMBEDDING_NAME)
     model.__class__ = original_class(type(model))
     object.__delattr__(model, "_fastmma")

@@ -15,10 +15,16 @@ _SUBCLASSES: dict[type, type] = {}
 def use_recomputing_swiglu(mlp: nn.Module) -> bool:
     """Swap `mlp` to the recomputing forward if it is a SiLU-gated MLP; return whether it was."""
     is_swiglu = all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj")) and \
-        isinstance(getattr(mlp, "act_fn", None), nn.SiLU)
+        _is_silu(getattr(mlp, "act_fn", None))
     if is_swiglu:
         mlp.__class__ = _subclass_for(type(mlp))
     return is_swiglu
+
+
+def _is_silu(module) -> bool:
+    """torch's nn.SiLU, or transformers' SiLUActivation (what ACT2FN["silu"] is in transformers 5)."""
+    return isinstance(module, nn.SiLU) or (isinstance(module, nn.Module) and type(module).__name__ == "SiLUActivation"
+                                           and type(module).__module__.startswith("transformers."))
 
 
 def restore_mlp(mlp: nn.Module) -> None:

@@ -1,0 +1,271 @@
+"""Peak training memory of fastmma on a GPU, from the model's dimensions.
+
+    peak = weights + adapter states + saved activations + max(logits chunk, backward working set) + overhead
+
+- weights: every base parameter in `dtype` (frozen; no gradient, no optimizer state);
+- adapter states: the fastmma parameters in fp32 with their gradients and AdamW's two moments (16 B each);
+- saved activations: what the forward keeps for backward, per token per layer (below), times layers and
+  tokens, plus what is kept outside the layers (final norm input and rstd, the chunked loss's
+  gradient [tokens, D]) and per-layer constants (the adapter's fp32 tables);
+- logits chunk: the chunked loss holds one [chunk, vocab] fp32 buffer (plus its `dtype` copy when the
+  model is not fp32), chunk = min(1024, ceil(tokens / 16)); it lives at the end of the forward;
+- backward working set (an allowance): while one layer runs backward it holds gradients about as big as
+  what it saved, plus two [tokens, D] gradients of the residual stream; with checkpointing the layer is
+  first recomputed, so its full saved set comes back as well;
+- overhead (an allowance, GPU only): 0.75 GiB for the CUDA context and cuBLAS/attention workspaces, and
+  5% of the activations and working set for allocator fragmentation.
+
+Saved per token per layer (s = bytes per element of `dtype`; H, KV heads of size hd; D hidden; I
+intermediate; r adapter rank), what fastmma's layers keep with SDPA or flash-attn and no padding mask:
+
+    adapted norm (fused op)     x: D*s, rstd: 4, h: 4r, dropout mask: 4r (when dropout > 0), row index: 8
+    plain norm (lean op)        x: D*s, rstd: 4          (recompute_norm=False and s < 4: x in fp32, 4D)
+    attention (SDPA / flash)    q: H*hd*s, k and v: KV*hd*s each, output: H*hd*s, logsumexp: 4H
+    SwiGLU MLP                  gate and up: 2I*s        (recompute_swiglu=False: 3I*s)
+    with checkpointing          the layer input only: D*s (the rest is recomputed in backward)
+
+These are the tensors `fastmma.memory.measure` finds on CPU; tests/test_memory_estimate.py checks the
+formula against it. Frozen Linear layers keep no input (autograd saves only what the needed gradients
+use). With a padding mask, SDPA gets k and v expanded to H heads (not modelled).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import MMAConfig
+from .chunked_loss import default_chunk_tokens
+
+GIB = 1024 ** 3
+GPU_CONTEXT_BYTES = int(0.75 * GIB)
+FRAGMENTATION = 0.05
+ADAPTER_STATE_BYTES = 16          # fp32 parameter + gradient + AdamW exp_avg + exp_avg_sq
+
+# Dimensions from the papers / released configs (no download needed).
+PRESETS = {
+    "llama-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                     num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
+    "llama-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                      num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+}
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    head_dim: int
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    def base_parameters(self) -> int:
+        d, i, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
+        attention = d * q + 2 * d * kv + q * d + ((q + 2 * kv + d) if self.attention_bias else 0)
+        mlp = 3 * d * i + ((2 * i + d) if self.mlp_bias else 0)
+        layer = attention + mlp + 2 * d
+        embeddings = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return self.num_hidden_layers * layer + embeddings + d
+
+
+def model_dims(model_config) -> ModelDims:
+    """ModelDims from a transformers config, a dict of config.json keys, a preset name or a config.json path."""
+    if isinstance(model_config, ModelDims):
+        return model_config
+    if isinstance(model_config, (str, Path)):
+        model_config = _load_named(str(model_config))
+    values = model_config if isinstance(model_config, dict) else model_config.to_dict() \
+        if hasattr(model_config, "to_dict") else vars(model_config)
+    values = dict(values.get("text_config") or {}, **{k: v for k, v in values.items() if k != "text_config"}) \
+        if isinstance(values.get("text_config"), dict) else values
+    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                           "vocab_size") if values.get(k) is None]
+    if missing:
+        raise ValueError(f"the model config lacks {missing}; give a LLaMA-layout config (Llama, Mistral, Qwen2)")
+    heads = int(values["num_attention_heads"])
+    return ModelDims(
+        hidden_size=int(values["hidden_size"]), intermediate_size=int(values["intermediate_size"]),
+        num_hidden_layers=int(values["num_hidden_layers"]), num_attention_heads=heads,
+        num_key_value_heads=int(values.get("num_key_value_heads") or heads), vocab_size=int(values["vocab_size"]),
+        head_dim=int(values.get("head_dim") or values["hidden_size"] // heads),
+        tie_word_embeddings=bool(values.get("tie_word_embeddings", False)),
+        attention_bias=bool(values.get("attention_bias", False)) or values.get("model_type") == "qwen2",
+        mlp_bias=bool(values.get("mlp_bias", False)))
+
+
+def _load_named(spec: str) -> dict:
+    key = spec.strip().lower()
+    if key in PRESETS:
+        return dict(PRESETS[key])
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json or a "
+                                f"folder holding one")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def dtype_of(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower() in _DTYPES:
+        return _DTYPES[str(dtype).lower()]
+    raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
+
+
+def saved_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMAConfig | None = None,
+                              training: bool = True) -> dict[str, float]:
+    """Bytes one decoder layer keeps for backward per token, by tensor (no checkpointing). See the module docstring."""
+    config = config or MMAConfig()
+    size = torch.empty((), dtype=dtype_of(dtype)).element_size()
+    d, hd = dims.hidden_size, dims.head_dim
+    out = {}
+    for target, name in (("attn", "attention norm"), ("ffn", "FFN norm")):
+        if target in config.targets:
+            out[f"{name} + adapter: x"] = d * size
+            out[f"{name} + adapter: rstd"] = 4
+            out[f"{name} + adapter: h"] = 4 * config.rank
+            if training and config.dropout > 0:
+                out[f"{name} + adapter: dropout mask"] = 4 * config.rank
+            out[f"{name} + adapter: row index"] = 8
+        else:
+            out[f"{name}: x"] = d * (4 if (size < 4 and not config.recompute_norm) else size)
+            out[f"{name}: rstd"] = 4
+    out["attention: q"] = dims.num_attention_heads * hd * size
+    out["attention: k"] = dims.num_key_value_heads * hd * size
+    out["attention: v"] = dims.num_key_value_heads * hd * size
+    out["attention: output"] = dims.num_attention_heads * hd * size
+    out["attention: logsumexp"] = 4 * dims.num_attention_heads
+    out["MLP: gate, up"] = 2 * dims.intermediate_size * size
+    if not config.recompute_swiglu:
+        out["MLP: silu(gate)"] = dims.intermediate_size * size
+    return out
+
+
+def per_layer_constant_bytes(dims: ModelDims, batch: int, dtype=torch.bfloat16, config: MMAConfig | None = None) -> int:
+    """Bytes per layer that do not grow with the sequence: the adapter's fp32 tables (per adapted norm:
+    the up-projections [E, r/G * D], the router weights [B, E] twice, the per-sample table [B, r/G, D];
+    the norm weight in fp32 when the model is not)."""
+    config = config or MMAConfig()
+    size = torch.empty((), dtype=dtype_of(dtype)).element_size()
+    d, per_group = dims.hidden_size, config.rank // config.groups
+    site = 4 * (config.experts * per_group * d + 2 * batch * config.experts + batch * per_group * d)
+    site += 4 * d if size < 4 else 0
+    return len(config.targets) * site
+
+
+@dataclass
+class MemoryEstimate:
+    """All sizes in bytes. `peak_bytes` is what a GPU needs; `peak_allocated_bytes` leaves out the overhead."""
+
+    model: str
+    batch: int
+    seq_len: int
+    dtype: str
+    checkpointing: bool
+    weights_bytes: int
+    adapter_parameters: int
+    adapter_state_bytes: int
+    saved_per_token_per_layer: float           # bytes, no checkpointing
+    saved_per_token_per_layer_kept: float      # what each layer really keeps (the input only, when checkpointing)
+    layers_saved_bytes: int
+    outside_saved_bytes: int
+    activation_bytes: int                      # layers + outside + per-layer constants + modality pass
+    logits_chunk_bytes: int
+    backward_working_bytes: int
+    overhead_bytes: int
+    peak_allocated_bytes: int
+    peak_bytes: int
+    breakdown: dict = field(default_factory=dict)
+
+    def fits(self, gpu_bytes: float) -> bool:
+        return self.peak_bytes <= gpu_bytes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16, checkpointing: bool = False,
+                    config: MMAConfig | None = None, gpu_overhead: bool = True) -> MemoryEstimate:
+    """Predict peak training memory of fastmma for `batch` sequences of `seq_len` tokens (see module docstring).
+
+    model_config: a transformers config (LlamaConfig, ...), a dict of its keys, a preset name
+    ("llama-7b", "llama-13b", "smollm2-135m") or the path of a config.json (or its folder).
+    dtype: the frozen base's dtype (torch dtype or "bf16"/"fp16"/"fp32"). config: the MMAConfig.
+    gpu_overhead: add the CUDA context / workspaces and fragmentation allowance (False for CPU).
+    """
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"batch and seq_len must be positive; got {batch} and {seq_len}")
+    dims = model_dims(model_config)
+    config = config or MMAConfig()
+    torch_dtype = dtype_of(dtype)
+    size = torch.empty((), dtype=torch_dtype).element_size()
+    tokens = batch * seq_len
+    layers, d = dims.num_hidden_layers, dims.hidden_size
+
+    per_token = saved_per_token_per_layer(dims, torch_dtype, config)
+    full_per_token = sum(per_token.values())
+    kept_per_token = d * size if checkpointing else full_per_token
+    layers_saved = layers * tokens * kept_per_token
+    constants = 0 if checkpointing else layers * per_layer_constant_bytes(dims, batch, torch_dtype, config)
+    modality_pass = layers * config.num_modalities * full_per_token + \
+        layers * per_layer_constant_bytes(dims, config.num_modalities, torch_dtype, config)
+    outside = tokens * (2 * d * size + 4)                 # final norm input + rstd, chunked loss's gradient
+    activations = layers_saved + constants + modality_pass + outside
+
+    chunk = default_chunk_tokens(tokens)
+    logits_chunk = chunk * dims.vocab_size * (4 + (size if size < 4 else 0))
+    layer_full = tokens * full_per_token
+    backward = layer_full + 2 * tokens * d * size + (layer_full if checkpointing else 0)
+
+    weights = dims.base_parameters() * size
+    sites = layers * len(config.targets)
+    per_site = config.rank * d + config.rank + config.experts * d * (config.rank // config.groups) + \
+        config.experts * d + config.experts * d + config.experts
+    adapter_parameters = sites * per_site + config.num_modalities * d
+    adapter_states = adapter_parameters * ADAPTER_STATE_BYTES
+
+    peak_allocated = weights + adapter_states + activations + max(logits_chunk, backward)
+    overhead = GPU_CONTEXT_BYTES + int(FRAGMENTATION * (activations + backward)) if gpu_overhead else 0
+    name = str(model_config) if isinstance(model_config, (str, Path)) else \
+        getattr(model_config, "model_type", None) or "custom"
+    return MemoryEstimate(
+        model=str(name), batch=batch, seq_len=seq_len, dtype=str(torch_dtype).replace("torch.", ""),
+        checkpointing=checkpointing, weights_bytes=weights, adapter_parameters=adapter_parameters,
+        adapter_state_bytes=adapter_states, saved_per_token_per_layer=full_per_token,
+        saved_per_token_per_layer_kept=kept_per_token, layers_saved_bytes=layers_saved,
+        outside_saved_bytes=outside, activation_bytes=activations, logits_chunk_bytes=logits_chunk,
+        backward_working_bytes=backward, overhead_bytes=overhead, peak_allocated_bytes=peak_allocated,
+        peak_bytes=peak_allocated + overhead, breakdown=per_token)
+
+
+def memory_table(model_config, batches, seq_len: int, dtype=torch.bfloat16, config: MMAConfig | None = None,
+                 gpu_gib: float = 24.0) -> list[dict]:
+    """Rows for `fastmma memory`: each batch size without and with checkpointing (sizes in GiB)."""
+    rows = []
+    for batch in batches:
+        for checkpointing in (False, True):
+            estimate = estimate_memory(model_config, batch, seq_len, dtype, checkpointing, config)
+            rows.append({"batch": batch, "seq_len": seq_len, "checkpointing": checkpointing,
+                         "peak_gib": estimate.peak_bytes / GIB, "weights_gib": estimate.weights_bytes / GIB,
+                         "activations_gib": estimate.activation_bytes / GIB,
+                         "saved_kb_per_token_per_layer": estimate.saved_per_token_per_layer_kept / 1000,
+                         "fits": estimate.fits(gpu_gib * GIB)})
+    return rows

@@ -1,0 +1,123 @@
+"""fastmma.estimate_memory against hand counts, the papers' parameter counts and what fastmma.memory.measure finds."""
+import copy
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import fastmma
+from fastmma.checkpointing import enable_checkpointing
+from fastmma.cli import main
+from fastmma.memory.estimate import estimate_memory, model_dims, per_layer_constant_bytes, saved_per_token_per_layer
+from fastmma.memory.measure import measure_saved_bytes, peak_bytes_during
+
+
+def test_presets_have_the_papers_parameter_counts():
+    assert model_dims("llama-7b").base_parameters() == 6_738_415_616       # LLaMA-7B
+    assert model_dims("llama-13b").base_parameters() == 13_015_864_320     # LLaMA-13B
+    assert model_dims("smollm2-135m").base_parameters() == 134_515_008     # SmolLM2-135M (tied embeddings)
+
+
+def test_llama_7b_layer_by_hand():
+    per_token = saved_per_token_per_layer(model_dims("llama-7b"), torch.bfloat16, fastmma.MMAConfig())
+    d, inter, bf16 = 4096, 11008, 2
+    expected = (bf16 * (d + 4 * d + d + 2 * inter)     # attn norm input; q, k, v, attention output; FFN norm input; gate, up
+                + 4 * (1 + 8 + 8 + 32 + 1) + 8)         # rstd x2, h, dropout mask, logsumexp per head; int64 row index
+    assert sum(per_token.values()) == expected == 93_392
+    estimate = estimate_memory("llama-7b", batch=4, seq_len=512, dtype="bf16", checkpointing=True)
+    assert estimate.saved_per_token_per_layer_kept == d * bf16
+    assert estimate.weights_bytes == 6_738_415_616 * bf16
+    assert estimate.adapter_parameters == 32 * (8 * d + 8 + 2 * d * 4 + 2 * d + 2 * d + 2) + 2 * d
+    assert estimate.logits_chunk_bytes == 128 * 32000 * (4 + 2)         # 2048 tokens / 16 rows, fp32 + bf16 copy
+
+
+def test_estimate_grows_with_batch_and_checkpointing_cuts_it():
+    small, big = (estimate_memory("llama-7b", b, 512, "bf16") for b in (1, 8))
+    lean = estimate_memory("llama-7b", 8, 512, "bf16", checkpointing=True)
+    assert small.peak_bytes < big.peak_bytes and lean.peak_bytes < big.peak_bytes
+    assert lean.activation_bytes < big.activation_bytes / 8
+
+
+def _tiny(dtype, kv_heads, layers=3, hidden=128, inter=352, vocab=500):
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_attention_heads=4,
+                         num_key_value_heads=kv_heads, num_hidden_layers=layers, vocab_size=vocab)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(dtype)
+
+
+CASES = [  # dtype, kv heads, checkpointing, MMAConfig
+    (torch.float32, 2, False, fastmma.MMAConfig()),
+    (torch.bfloat16, 4, False, fastmma.MMAConfig(dropout=0.0)),
+    (torch.bfloat16, 4, False, fastmma.MMAConfig(targets=("attn", "ffn"), recompute_swiglu=False,
+                                                 recompute_norm=False)),
+    (torch.float32, 2, True, fastmma.MMAConfig()),
+]
+
+
+@pytest.mark.parametrize("dtype,kv_heads,checkpointing,config", CASES)
+def test_estimated_activations_match_the_measured_saved_bytes(dtype, kv_heads, checkpointing, config):
+    batch, length = 2, 64
+    model = fastmma.patch(_tiny(dtype, kv_heads), copy.deepcopy(config)).train()
+    if checkpointing:
+        enable_checkpointing(model)
+    ids = torch.randint(0, 500, (batch, length), generator=torch.Generator().manual_seed(0))
+    measured = measure_saved_bytes(model, lambda: model(ids, labels=ids, modality=0).loss)
+    estimate = estimate_memory(model.config, batch, length, dtype, checkpointing, config, gpu_overhead=False)
+    # per layer: exactly the formula (per token) plus the adapter's tables (per layer)
+    constant = 0 if checkpointing else per_layer_constant_bytes(model_dims(model.config), batch, dtype, config)
+    expected_layer = estimate.saved_per_token_per_layer_kept * measured.tokens + constant
+    assert [layer.storage_bytes for layer in measured.layers[1:]] == [expected_layer] * 2
+    assert 0 <= measured.layers[0].storage_bytes - expected_layer <= 64     # + the shared modality ids [B]
+    # everything: the layers, what is kept outside them and the modality pass (estimated roughly)
+    assert estimate.activation_bytes == pytest.approx(measured.total(), rel=0.10)
+
+
+def _static_bytes(model, optimizer):
+    storages = {}
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    for tensor in tensors:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("dtype,checkpointing", [(torch.float32, False), (torch.bfloat16, False),
+                                                 (torch.float32, True)])
+def test_estimated_peak_matches_a_measured_training_step(dtype, checkpointing):
+    """Weights + AdamW states + the largest amount allocated during forward, backward and step (CPU profile)."""
+    batch, length = 4, 128
+    model = fastmma.patch(_tiny(dtype, 2, layers=4, hidden=256, inter=704, vocab=2000)).train()
+    if checkpointing:
+        enable_checkpointing(model)
+    ids = torch.randint(0, 2000, (batch, length), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        model(ids, labels=ids, modality=0).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    _, dynamic = peak_bytes_during(step)
+    measured = _static_bytes(model, optimizer) + dynamic
+    estimate = estimate_memory(model.config, batch, length, dtype, checkpointing, gpu_overhead=False)
+    assert estimate.peak_allocated_bytes == pytest.approx(measured, rel=0.10)
+
+
+def test_memory_command(tmp_path, capsys):
+    assert main(["memory", "--model", "llama-7b", "--batch", "1", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "LaVIN's paper reports 33.9 GB" in out
+    lines = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [(row[0], row[1], row[-1]) for row in lines] == [("1", "no", "yes"), ("1", "yes", "yes"),
+                                                            ("32", "no", "no"), ("32", "yes", "yes")]
+    config = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "vocab_size": 97, "model_type": "llama"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main(["memory", "--model", str(tmp_path), "--batch", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    expected = estimate_memory(config, 2, 512, "bf16")
+    assert rows[0]["peak_gib"] == pytest.approx(expected.peak_bytes / 2**30)
+    assert main(["memory", "--model", str(tmp_path / "missing")]) == 2
+    assert "neither a preset" in capsys.readouterr().err
