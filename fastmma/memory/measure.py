@@ -22,9 +22,9 @@ was current when autograd saved it. Rules:
   saves them first, so that every layer of a uniform stack reports the same bytes;
 - what is saved after the decoder (the module owning the layers, or `decoder`) returned is the LM
   head's and the loss's: `head_and_loss`; before, outside the layers: `outside`;
-- a decoder layer can run more than once per step (fastmma's modality pass runs every layer on
-  a few one-token sequences before the main pass): for each layer the call with the most tokens
-  is its main call, the others are reported together as `other_layer_calls`;
+- a decoder layer can run more than once per step: for each layer the call with the most tokens
+  is its main call, the others are reported together as `other_layer_calls` (fastmma's modality
+  pass calls the layers' parts, not the layers, so what it keeps is filed under `outside`);
 - with gradient checkpointing (non-reentrant), the checkpoint saves the layer's inputs outside
   its own hook, so they are filed under that layer; what the checkpointed layer saves inside
   goes to torch's checkpoint hook (the innermost one) and is not kept.
@@ -67,7 +67,7 @@ class SavedBytes:
     layers: list[RegionBytes]
     outside: RegionBytes                      # saved outside the layers before the decoder returned (embeddings, norm)
     head_and_loss: RegionBytes                # saved after the decoder returned: the LM head and the loss
-    other_layer_calls: RegionBytes            # decoder layers' other calls (fastmma's modality pass)
+    other_layer_calls: RegionBytes            # decoder layers' other calls (a model calling a layer twice)
     vocab_sized: RegionBytes                  # saved tensors whose last dim is the vocabulary (logits), any region
     tensors: list[dict] = field(default_factory=list)   # one row per kept storage
     peak_loss_bytes: int | None = None        # see the module docstring

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import reference
+from .single_token import single_token_layer, supports_single_token
 from ..ops import backend
 from ..ops.norm_adapter import OP_FOLDED, FoldedAdapter, fold_tables
 
@@ -109,6 +110,9 @@ class RoutingContext:
         self.phase = _MODALITY_PASS
         try:
             for layer in layers:
+                if supports_single_token(layer):
+                    hidden = single_token_layer(layer, hidden)
+                    continue
                 if hasattr(layer, "gradient_checkpointing"):
                     layer.gradient_checkpointing = False
                 hidden = layer(hidden, attention_mask=None, position_ids=position_ids,

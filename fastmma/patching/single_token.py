@@ -1,0 +1,34 @@
+"""A LLaMA-layout decoder layer applied to sequences of a single token, without q, k, RoPE or softmax.
+
+A token that attends only to itself gets softmax weight 1 on its own value, so the attention output
+is o_proj(v_proj(n)) for every head (grouped-query heads repeat their key/value head). The modality
+pass (routing.py) runs the modality embeddings through the stack this way: the same numbers as the
+full layer, with a third of its small-tensor work, which matters because the pass runs on every
+training forward.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def supports_single_token(layer: nn.Module) -> bool:
+    """Whether `layer` has the LLaMA layout this shortcut relies on (else run the layer itself)."""
+    attention = getattr(layer, "self_attn", None)
+    needed = ("v_proj", "o_proj", "num_key_value_groups", "head_dim")
+    return (attention is not None and all(hasattr(attention, name) for name in needed)
+            and all(hasattr(layer, name) for name in ("input_layernorm", "post_attention_layernorm", "mlp"))
+            and not (attention.training and getattr(attention, "attention_dropout", 0.0) > 0.0))
+
+
+def single_token_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """`layer(hidden)` for hidden [N, 1, D]: each row a one-token sequence at position 0."""
+    attention = layer.self_attn
+    values = attention.v_proj(layer.input_layernorm(hidden))                     # [N, 1, H_kv * hd]
+    groups = attention.num_key_value_groups
+    if groups > 1:                                                               # query head j reads kv head j // groups
+        rows = values.shape[0]
+        values = values.view(rows, 1, -1, attention.head_dim).repeat_interleave(groups, dim=2)
+        values = values.reshape(rows, 1, -1)                                     # [N, 1, H * hd]
+    hidden = hidden + attention.o_proj(values)
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
