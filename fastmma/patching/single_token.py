@@ -13,12 +13,23 @@ from torch import nn
 
 
 def supports_single_token(layer: nn.Module) -> bool:
-    """Whether `layer` has the LLaMA layout this shortcut relies on (else run the layer itself)."""
+    """Whether `layer` has the LLaMA layout this shortcut relies on (else run the layer itself).
+
+    A layer wrapped by FSDP runs itself too: its parameters are gathered only around its own forward.
+    """
+    if _fsdp_wrapped(layer):
+        return False
     attention = getattr(layer, "self_attn", None)
     needed = ("v_proj", "o_proj", "num_key_value_groups", "head_dim")
     return (attention is not None and all(hasattr(attention, name) for name in needed)
             and all(hasattr(layer, name) for name in ("input_layernorm", "post_attention_layernorm", "mlp"))
             and not (attention.training and getattr(attention, "attention_dropout", 0.0) > 0.0))
+
+
+def _fsdp_wrapped(layer: nn.Module) -> bool:
+    if hasattr(layer, "_fsdp_wrapped_module") or type(layer).__name__.startswith("FSDP"):   # FSDP1 / FSDP2
+        return True
+    return any(type(p).__name__ == "DTensor" for p in layer.parameters(recurse=False))
 
 
 def single_token_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
