@@ -38,7 +38,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             loss_sum += (sum_exp.log() + row_max - target_logits).sum()          # -log softmax[target]
             grad_logits = logits.div_(sum_exp)                                   # softmax
             grad_logits.scatter_add_(1, chunk_targets, torch.full_like(target_logits, -1.0))
-            grad_hidden[rows] = (grad_logits.to(hidden.dtype) @ head_weight) / normalizer
+            grad_rows = (grad_logits.to(hidden.dtype) @ head_weight) / normalizer       # [chunk, D] (autocast: bf16)
+            grad_hidden[rows] = grad_rows.to(grad_hidden.dtype)
             del logits, grad_logits
         ctx.save_for_backward(grad_hidden)
         return loss_sum / normalizer
