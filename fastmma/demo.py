@@ -26,7 +26,7 @@ from .train import TrainConfig, train
 
 @dataclass
 class DemoSettings:
-    steps: int = 300
+    steps: int = 420
     batch_size: int = 8
     lr: float = 5e-3
     train_images: int = 2400
