@@ -22,8 +22,6 @@ import copy
 import json
 import os
 import platform
-import statistics
-import time
 from datetime import date
 
 # Idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs, spinning threads
@@ -36,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 import fastmma  # noqa: E402
 from fastmma.models import load_default_llm  # noqa: E402
 from fastmma.ops import backend  # noqa: E402
+from timing import interleaved, paired_ratio, summary  # noqa: E402  (benchmarks/timing.py)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,33 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if min(args.train_pairs, args.decode_rounds) < 10:
         parser.error("--train-pairs and --decode-rounds must be at least 10")
     return args
-
-
-def summary(seconds: list[float]) -> dict:
-    """Median and inter-quartile range of a list of timings, in milliseconds."""
-    q1, median, q3 = statistics.quantiles(seconds, n=4)
-    return dict(median_ms=median * 1e3, q1_ms=q1 * 1e3, q3_ms=q3 * 1e3, n=len(seconds))
-
-
-def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
-    """Median and inter-quartile range of the per-round ratios (the two variants ran in the same round)."""
-    ratios = [a / b for a, b in zip(numerator, denominator)]
-    q1, median, q3 = statistics.quantiles(ratios, n=4)
-    return dict(median=median, q1=q1, q3=q3, n=len(ratios))
-
-
-def interleaved(steps: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Time one call of each step per round, in rotating order, after `warmup` untimed rounds."""
-    names = list(steps)
-    times = {name: [] for name in names}
-    for round_index in range(warmup + rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            steps[name]()
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
 
 
 def training_step(model, input_ids: torch.Tensor, **forward_kwargs):

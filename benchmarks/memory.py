@@ -36,7 +36,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -53,6 +52,7 @@ from fastmma.checkpointing import enable_checkpointing  # noqa: E402
 from fastmma.memory.estimate import estimate_memory  # noqa: E402
 from fastmma.memory.measure import decoder_layers, measure_saved_bytes, peak_bytes_during  # noqa: E402
 from fastmma.reference import LaVINAdapter  # noqa: E402
+from timing import interleaved, summary  # noqa: E402  (benchmarks/timing.py)
 
 KB = 1000
 RANK, GROUPS, EXPERTS, SCALE, TEMPERATURE, DROPOUT = 8, 2, 2, 1.0, 10.0, 0.1
@@ -265,20 +265,6 @@ def sanity_checks(name, case) -> None:
         raise SystemExit(f"{name}: sanity check failed:\n  " + "\n  ".join(problems))
 
 
-def interleaved(steps: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
-    """One call of each step per round, in rotating order, after `warmup` untimed rounds (as benchmarks/e2e.py)."""
-    names = list(steps)
-    times = {name: [] for name in names}
-    for round_index in range(warmup + rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
-            steps[name]()
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
 def training_step(model, kwargs):
     def step():
         model.zero_grad(set_to_none=True)
@@ -291,11 +277,7 @@ def training_step(model, kwargs):
 
 def time_steps(variants, rounds, warmup) -> dict:
     times = interleaved({name: training_step(*variants[name]) for name in variants}, rounds, warmup)
-    out = {}
-    for name, seconds in times.items():
-        q1, median, q3 = statistics.quantiles(seconds, n=4)
-        out[name] = {"median_ms": median * 1e3, "q1_ms": q1 * 1e3, "q3_ms": q3 * 1e3, "min_ms": min(seconds) * 1e3,
-                     "max_ms": max(seconds) * 1e3, "n": len(seconds)}
+    out = {name: summary(seconds) for name, seconds in times.items()}
     floor = out["hf_no_adapter"]["median_ms"]
     ratios = {f"{name}_over_floor": row["median_ms"] / floor for name, row in out.items()}
     ratios["fastmma_ckpt_over_fastmma"] = out["fastmma_ckpt"]["median_ms"] / out["fastmma"]["median_ms"]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import MMAConfig
+from ..ops.norm_adapter import routed_up_projection
 
 
 class MMAAdapter(nn.Module):
@@ -72,10 +73,7 @@ class MMAAdapter(nn.Module):
 
         Returns U_eff [N, D, r/G] and c_eff [N, D], already multiplied by `scale`.
         """
-        weights = router_weights.to(self.up_weight.dtype)
-        up_eff = self.scale * torch.einsum("ne,edk->ndk", weights, self.up_weight)
-        bias_eff = self.scale * weights @ self.up_bias
-        return up_eff, bias_eff
+        return routed_up_projection(router_weights, self.up_weight, self.up_bias, self.scale, self.up_weight.dtype)
 
     def extra_repr(self) -> str:
         return (f"hidden={self.hidden_size}, rank={self.rank}, groups={self.groups}, experts={self.experts}, "

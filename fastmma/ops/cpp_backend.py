@@ -78,6 +78,7 @@ def cpp_rms_norm_adapter(x, norm_weight, eps, down_weight, down_bias, up_weight,
         raise ValueError(f"router_weights must have shape [batch={batch}, experts]; got {tuple(router_weights.shape)}")
     acc = _accumulation_dtype(x)
     weights = router_weights.to(acc)                                                   # [B, E]
+    # routed_up_projection's sum, written straight into the kernel's [B, r/G, D] layout (no transposed copy)
     up_table = scale * torch.einsum("be,edk->bkd", weights, up_weight.to(acc))       # [B, r/G, D]
     bias_table = scale * weights @ up_bias.to(acc)                                     # [B, D]
     table_index = torch.arange(batch, device=x.device).repeat_interleave(length)       # [B*L]

@@ -47,6 +47,17 @@ def mma_adapter(normed, down_weight, down_bias, up_weight, up_bias, router_weigh
     return impl(normed, down_weight, down_bias, up_weight, up_bias, router_weights, scale, h_mask)
 
 
+def routed_up_projection(router_weights, up_weight, up_bias, scale, dtype):
+    """The experts mixed by router_weights [N, E], in `dtype`, scale included; differentiable.
+
+    Returns U_eff [N, D, r/G] = scale * sum_e w[n, e] U_e and c_eff [N, D] = scale * w[n] @ c.
+    """
+    weights = router_weights.to(dtype)                                                   # [N, E]
+    up_eff = scale * torch.einsum("ne,edk->ndk", weights, up_weight.to(dtype))           # [N, D, r/G]
+    bias_eff = scale * weights @ up_bias.to(dtype)                                       # [N, D]
+    return up_eff, bias_eff
+
+
 def rms_norm_adapter_folded(x, folded, table_ids):
     """Inference only: x [B, L, D], `folded` from `fold_tables`, table_ids [B] (int) -> y [B, L, D]."""
     _, impl = backend.resolve(OP_FOLDED, x.device.type)
@@ -73,11 +84,9 @@ class FoldedAdapter:
 def fold_tables(norm_weight, eps, down_weight, down_bias, up_weight, up_bias, router_table, scale,
                 dtype=torch.float32) -> FoldedAdapter:
     """Fold router_table [T, E] (e.g. one row per modality) into a FoldedAdapter in `dtype`."""
-    weights = router_table.to(dtype)                                                     # [T, E]
-    up_table = scale * torch.einsum("te,edk->tkd", weights, up_weight.to(dtype))         # [T, r/G, D]
-    bias_table = scale * weights @ up_bias.to(dtype)                                     # [T, D]
+    up_eff, bias_table = routed_up_projection(router_table, up_weight, up_bias, scale, dtype)   # [T, D, r/G], [T, D]
     return FoldedAdapter(norm_weight.to(dtype), eps, down_weight.to(dtype), down_bias.to(dtype),
-                         up_table.contiguous(), bias_table.contiguous())
+                         up_eff.transpose(1, 2).contiguous(), bias_table.contiguous())
 
 
 def torch_rms_norm_adapter_folded(x, folded: FoldedAdapter, table_ids):
@@ -114,9 +123,7 @@ def _grouped_up(h, up_weight):
 
 def torch_mma_adapter(normed, down_weight, down_bias, up_weight, up_bias, router_weights, scale, h_mask=None):
     h = _down(normed, down_weight, down_bias, h_mask)                              # [B, L, r]
-    weights = router_weights.to(normed.dtype)                                     # [B, E]
-    up_eff = scale * torch.einsum("be,edk->bdk", weights, up_weight.to(normed.dtype))  # [B, D, r/G]
-    bias_eff = scale * weights @ up_bias.to(normed.dtype)                         # [B, D]
+    up_eff, bias_eff = routed_up_projection(router_weights, up_weight, up_bias, scale, normed.dtype)  # [B, D, r/G]
     return normed + _grouped_up(h, up_eff) + bias_eff[:, None, :]
 
 

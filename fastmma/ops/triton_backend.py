@@ -20,7 +20,7 @@ import os
 import torch
 
 from . import backend
-from .norm_adapter import OP_PER_SAMPLE, OP_PER_TOKEN
+from .norm_adapter import OP_PER_SAMPLE, OP_PER_TOKEN, routed_up_projection
 from .norm_adapter_linear import OP_LINEAR
 
 _ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -138,10 +138,8 @@ def triton_rms_norm_adapter_linear(x, norm_weight, eps, down_weight, down_bias, 
 
 def _per_sample_tables(up_weight, up_bias, router_weights, scale):
     """U_eff [B, D, r/G] and c_eff [B, D] in fp32, scale included; differentiable."""
-    weights = router_weights.to(torch.float32)                                       # [B, E]
-    up_tables = scale * torch.einsum("be,edk->bdk", weights, up_weight.to(torch.float32))  # [B, D, r/G]
-    bias_tables = scale * weights @ up_bias.to(torch.float32)                        # [B, D]
-    return up_tables.contiguous(), bias_tables.contiguous()
+    up_tables, bias_tables = routed_up_projection(router_weights, up_weight, up_bias, scale, torch.float32)
+    return up_tables.contiguous(), bias_tables.contiguous()                          # [B, D, r/G], [B, D]
 
 
 def _rows(x):
