@@ -70,6 +70,8 @@ def test_swiglu_matches_autograd_and_keeps_two_tensors():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     _, plain_kept = saved_bytes(lambda: F.silu(gate) * up)
     assert kept == 2 * gate.numel() * 8 < plain_kept
+    with torch.no_grad():                                    # inference skips the autograd.Function
+        assert torch.equal(swiglu(gate, up), out.detach())
 
 
 def test_ten_training_steps_match_the_plain_model():
@@ -120,6 +122,8 @@ def test_lean_rms_norm_matches_hugging_face_and_keeps_input_and_rstd():
         out, kept = saved_bytes(lambda: rms_norm(x, hf.weight, hf.variance_epsilon))
         grads = torch.autograd.grad(out, (x, hf.weight), grad_out)
         assert torch.equal(out, expected)                               # the same ops forward
+        with torch.no_grad():                                           # inference skips the autograd.Function
+            assert torch.equal(rms_norm(x, hf.weight, hf.variance_epsilon), expected.detach())
         tolerance = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
         for got, want in zip(grads, expected_grads):
             torch.testing.assert_close(got, want, **tolerance)

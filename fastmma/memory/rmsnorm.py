@@ -14,12 +14,16 @@ from __future__ import annotations
 import torch
 
 
+def _rms_norm_forward(x, weight, eps) -> tuple[torch.Tensor, torch.Tensor]:
+    x_c = x.to(torch.float32)
+    rstd = torch.rsqrt(x_c.pow(2).mean(-1, keepdim=True) + eps)                     # [..., 1]
+    return weight * (x_c * rstd).to(x.dtype), rstd
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
-        x_c = x.to(torch.float32)
-        rstd = torch.rsqrt(x_c.pow(2).mean(-1, keepdim=True) + eps)                 # [..., 1]
-        y = weight * (x_c * rstd).to(x.dtype)
+        y, rstd = _rms_norm_forward(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
         return y
 
@@ -39,4 +43,6 @@ class _RMSNorm(torch.autograd.Function):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return _rms_norm_forward(x, weight, eps)[0]    # nothing to save: skip the autograd.Function's overhead
     return _RMSNorm.apply(x, weight, eps)

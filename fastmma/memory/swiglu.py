@@ -25,4 +25,6 @@ class _SwiGLU(torch.autograd.Function):
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    if not (torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)):
+        return F.silu(gate) * up                  # nothing to save: skip the autograd.Function's overhead
     return _SwiGLU.apply(gate, up)
