@@ -13,6 +13,8 @@ Variants (frozen base, backward through every layer):
   fastmma         fastmma.patch(model, MMAConfig()) with its defaults (fused norm + adapter, lean RMSNorm,
                   recomputing SwiGLU, chunked LM head + loss)
   fastmma_ckpt    the same + fastmma.checkpointing.enable_checkpointing (every decoder layer recomputed)
+  fastmma_recompute_mlp   fastmma with MMAConfig(recompute_mlp=True) (opt-in): the MLP keeps only its input
+                  and recomputes its gate and up projections in backward
 Cases: SmolLM2-135M-Instruct fp32, B=4, L=256; one LLaMA-7B-sized decoder layer (hidden 4096, intermediate
 11008, 32 heads, random weights) in bf16, B=1, L=512, inside a 1-layer LlamaForCausalLM with LLaMA's
 32,000-word vocabulary. In the 7B case every variant is fed input embeddings that require grad, so that
@@ -115,6 +117,9 @@ def peft_lora(base):
     return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
 
 
+RECOMPUTE_MLP = fastmma.MMAConfig(recompute_mlp=True)
+
+
 def variant_builders(base, ids, lavin_linear_form: bool, embeds_for_all: bool):
     """name -> a function building (model, forward kwargs); every model in training mode with a frozen base.
 
@@ -128,9 +133,9 @@ def variant_builders(base, ids, lavin_linear_form: bool, embeds_for_all: bool):
         model = copy.deepcopy(base).requires_grad_(False)
         return model, dict(inputs_embeds=embeds, labels=labels)
 
-    def patched(checkpointing):
+    def patched(checkpointing, config=None):
         def build():
-            model = fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig())
+            model = fastmma.patch(copy.deepcopy(base), config or fastmma.MMAConfig())
             if checkpointing:
                 enable_checkpointing(model)
             return model, dict(inputs, labels=labels, modality=0)
@@ -145,6 +150,7 @@ def variant_builders(base, ids, lavin_linear_form: bool, embeds_for_all: bool):
         print("peft is not installed: skipping peft_lora_qv (pip install peft, or pip install -e .[bench])")
     builders["fastmma"] = patched(False)
     builders["fastmma_ckpt"] = patched(True)
+    builders["fastmma_recompute_mlp"] = patched(False, RECOMPUTE_MLP)
     return builders
 
 
@@ -206,13 +212,16 @@ def run_case(name, base, ids, lavin_linear_form, check_conv_form=False, embeds_f
     out["ratios"] = {
         "fastmma_over_lavin_style": lean / lavin, "fastmma_ckpt_over_lavin_style": ckpt / lavin,
         "fastmma_over_floor": lean / rows["hf_no_adapter"]["per_token_per_layer_bytes"],
+        "fastmma_recompute_mlp_over_lavin_style": rows["fastmma_recompute_mlp"]["per_token_per_layer_bytes"] / lavin,
         "fastmma_logits_peak_over_full_logits": rows["fastmma"]["logits_peak_bytes"] / full_logits,
         "fastmma_head_loss_peak_over_full_logits": rows["fastmma"]["peak_loss_bytes"] / full_logits,
         "floor_logits_peak_over_full_logits": rows["hf_no_adapter"]["logits_peak_bytes"] / full_logits,
     }
     out["estimate_vs_measured"] = {}
-    for variant, checkpointing in (("fastmma", False), ("fastmma_ckpt", True)):
-        estimate = estimate_memory(config, ids.shape[0], ids.shape[1], dtype, checkpointing, fastmma.MMAConfig(),
+    for variant, checkpointing, mma_config in (("fastmma", False, fastmma.MMAConfig()),
+                                               ("fastmma_ckpt", True, fastmma.MMAConfig()),
+                                               ("fastmma_recompute_mlp", False, RECOMPUTE_MLP)):
+        estimate = estimate_memory(config, ids.shape[0], ids.shape[1], dtype, checkpointing, mma_config,
                                    gpu_overhead=False)
         measured = rows[variant]
         out["estimate_vs_measured"][variant] = {
@@ -361,6 +370,14 @@ TARGETS = (
     ("7B layer: fastmma+checkpointing / LaVIN-style saved bytes", "llama7b", ("ratios", "fastmma_ckpt_over_lavin_style"), 0.1),
     ("SmolLM2: fastmma+checkpointing step time / no-adapter floor", "smollm2",
      ("step_time", "ratios", "fastmma_ckpt_over_floor"), 1.4),
+    ("SmolLM2: fastmma(recompute_mlp) / LaVIN-style saved bytes (opt-in)", "smollm2",
+     ("ratios", "fastmma_recompute_mlp_over_lavin_style"), 0.5),
+    ("7B layer: fastmma(recompute_mlp) / LaVIN-style saved bytes (opt-in)", "llama7b",
+     ("ratios", "fastmma_recompute_mlp_over_lavin_style"), 0.5),
+    ("7B layer: fastmma(recompute_mlp) KB per token per layer (opt-in)", "llama7b",
+     ("variants", "fastmma_recompute_mlp", "kb_per_token_per_layer"), 78.0),
+    ("SmolLM2: fastmma(recompute_mlp) step time / no-adapter floor (opt-in)", "smollm2",
+     ("step_time", "ratios", "fastmma_recompute_mlp_over_floor"), 1.0),
 )
 
 
@@ -390,7 +407,7 @@ def draw(results, path) -> None:
     for axis, (case_name, case) in zip(axes, cases):
         names = list(case["variants"])
         values = [case["variants"][n]["kb_per_token_per_layer"] for n in names]
-        bars = axis.bar(names, values, color=["#888", "#c44", "#c84", "#48c", "#4a4"][:len(names)])
+        bars = axis.bar(names, values, color=["#888", "#c44", "#c84", "#48c", "#4a4", "#4aa"][:len(names)])
         axis.bar_label(bars, fmt="%.1f", fontsize=8)
         axis.axhline(0.5 * case["variants"]["lavin_style"]["kb_per_token_per_layer"], ls="--", color="k", lw=0.8,
                      label="0.5x LaVIN-style (target)")

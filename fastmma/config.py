@@ -20,6 +20,8 @@ class MMAConfig:
     targets: "attn" puts an adapter on the attention's input norm, "ffn" on the FFN's.
     num_modalities: number of modality ids (0 = text, 1 = image).
     recompute_swiglu: the frozen SwiGLU MLP keeps only its gate and up outputs for backward.
+    recompute_mlp: (off by default) the frozen SwiGLU MLP keeps only its input for backward and
+        recomputes the gate and up projections there: less memory for two more GEMMs per layer.
     chunked_loss: with labels and autograd on, the LM head + loss run in chunks so the
         [tokens, vocab] logits are never stored (the output's `logits` is then None).
     recompute_norm: the frozen RMSNorms without an adapter (and the final norm) keep only their
@@ -37,6 +39,7 @@ class MMAConfig:
     targets: tuple[str, ...] = ("attn",)
     num_modalities: int = 2
     recompute_swiglu: bool = True
+    recompute_mlp: bool = False
     chunked_loss: bool = True
     recompute_norm: bool = True
     attn_implementation: str = "auto"

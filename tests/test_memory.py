@@ -1,6 +1,7 @@
 """Memory savers: chunked LM head + loss, recomputing SwiGLU; exactness and what they keep."""
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -74,11 +75,12 @@ def test_swiglu_matches_autograd_and_keeps_two_tensors():
         assert torch.equal(swiglu(gate, up), out.detach())
 
 
-def test_ten_training_steps_match_the_plain_model():
+@pytest.mark.parametrize("recompute_mlp", [False, True])
+def test_ten_training_steps_match_the_plain_model(recompute_mlp):
     """Memory features on vs off: same losses and adapter gradients over 10 AdamW steps."""
     plain_config = fastmma.MMAConfig(targets=("attn", "ffn"), dropout=0.0, recompute_swiglu=False,
                                      chunked_loss=False)
-    lean_config = fastmma.MMAConfig(targets=("attn", "ffn"), dropout=0.0)
+    lean_config = fastmma.MMAConfig(targets=("attn", "ffn"), dropout=0.0, recompute_mlp=recompute_mlp)
     base = tiny_causal_lm("llama")
     models = [fastmma.patch(copy.deepcopy(base), c) for c in (plain_config, lean_config)]
     for model in models:

@@ -52,6 +52,8 @@ CASES = [  # dtype, kv heads, checkpointing, MMAConfig
     (torch.bfloat16, 4, False, fastmma.MMAConfig(targets=("attn", "ffn"), recompute_swiglu=False,
                                                  recompute_norm=False)),
     (torch.float32, 2, True, fastmma.MMAConfig()),
+    (torch.bfloat16, 4, False, fastmma.MMAConfig(recompute_mlp=True)),
+    (torch.float32, 2, False, fastmma.MMAConfig(targets=("attn", "ffn"), recompute_mlp=True)),
 ]
 
 

@@ -21,7 +21,7 @@ intermediate; r adapter rank), what fastmma's layers keep with SDPA or flash-att
     adapted norm (fused op)     x: D*s, rstd: 4, h: 4r, dropout mask: 4r (when dropout > 0), row index: 8
     plain norm (lean op)        x: D*s, rstd: 4          (recompute_norm=False and s < 4: x in fp32, 4D)
     attention (SDPA / flash)    q: H*hd*s, k and v: KV*hd*s each, output: H*hd*s, logsumexp: 4H
-    SwiGLU MLP                  gate and up: 2I*s        (recompute_swiglu=False: 3I*s)
+    SwiGLU MLP                  gate and up: 2I*s        (recompute_swiglu=False: 3I*s; recompute_mlp: D*s)
     with checkpointing          the layer input only: D*s (the rest is recomputed in backward)
 
 These are the tensors `fastmma.memory.measure` finds on CPU; tests/test_memory_estimate.py checks the
@@ -153,9 +153,12 @@ def saved_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMA
     out["attention: v"] = dims.num_key_value_heads * hd * size
     out["attention: output"] = dims.num_attention_heads * hd * size
     out["attention: logsumexp"] = 4 * dims.num_attention_heads
-    out["MLP: gate, up"] = 2 * dims.intermediate_size * size
-    if not config.recompute_swiglu:
-        out["MLP: silu(gate)"] = dims.intermediate_size * size
+    if config.recompute_mlp:
+        out["MLP: input"] = d * size
+    else:
+        out["MLP: gate, up"] = 2 * dims.intermediate_size * size
+        if not config.recompute_swiglu:
+            out["MLP: silu(gate)"] = dims.intermediate_size * size
     return out
 
 

@@ -115,7 +115,7 @@ class _Entry:
 class _Tracker:
     def __init__(self, excluded: set[int]):
         self.excluded = excluded
-        self.claims: dict[int, object] = {}     # storages produced by `outside_modules`: filed outside if saved
+        self.claims: dict[int, weakref.ref] = {}   # storages produced by `outside_modules`: filed outside if saved
         self.entries: dict[int, _Entry] = {}
         self.region_stack: list[object] = [OUTSIDE]
         self.call_counts: dict[int, int] = {}
@@ -133,11 +133,17 @@ class _Tracker:
             return tensor
         entry = self.entries.get(ptr)
         if entry is None or not entry.alive():          # new, or its address reused after the old one was freed
-            entry = self.entries[ptr] = _Entry(self.claims.pop(ptr, self.region_stack[-1]), nbytes)
+            entry = self.entries[ptr] = _Entry(self._region_for(ptr), nbytes)
         entry.refs.append(weakref.ref(tensor))
         entry.views.add((tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.element_size(),
                          str(tensor.dtype).replace("torch.", "")))
         return tensor
+
+    def _region_for(self, ptr: int) -> object:
+        """OUTSIDE for a storage an outside module produced (and that is still alive: a freed one's address
+        may have been reused by a layer's tensor), else the current region."""
+        claimed = self.claims.pop(ptr, None)
+        return OUTSIDE if claimed is not None and claimed() is not None else self.region_stack[-1]
 
     def decoder_returned(self) -> None:
         if self.region_stack == [OUTSIDE]:       # the main decoder call, not a layer-level pass
@@ -147,7 +153,7 @@ class _Tracker:
         tensors = output if isinstance(output, (tuple, list)) else (output,)
         for tensor in tensors:
             if isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided:
-                self.claims[tensor.untyped_storage().data_ptr()] = OUTSIDE
+                self.claims[tensor.untyped_storage().data_ptr()] = weakref.ref(tensor)
 
     def enter_layer(self, index: int, args, kwargs) -> None:
         hidden = args[0] if args else kwargs.get("hidden_states")

@@ -91,8 +91,8 @@ def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
             module = MMARMSNorm(original, adapter, routing, site_index=len(sites)).train(model.training)
             setattr(layer, attr, module)
             sites.append(PatchSite(layer_index, target, layer, attr, original, module))
-        if config.recompute_swiglu and family.mlp_attr:
-            use_recomputing_swiglu(getattr(layer, family.mlp_attr))
+        if (config.recompute_swiglu or config.recompute_mlp) and family.mlp_attr:
+            use_recomputing_swiglu(getattr(layer, family.mlp_attr), recompute_projections=config.recompute_mlp)
         if config.recompute_norm:
             for target, attr in family.norm_attrs.items():
                 if target not in config.targets:

@@ -2,22 +2,28 @@
 
 The MLP keeps its class's parameters and names; only `forward` changes, through a subclass
 swapped in with `__class__` (and swapped back by unpatch).
+
+With `recompute_projections` (MMAConfig.recompute_mlp) the gate and up projections and the product
+run under a non-reentrant activation checkpoint: the MLP keeps only its input [.., D] for backward
+instead of gate and up [.., 2I], and backward recomputes the two projections (two more GEMMs).
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..memory import swiglu
 
-_SUBCLASSES: dict[type, type] = {}
+_SUBCLASSES: dict[tuple[type, bool], type] = {}
 
 
-def use_recomputing_swiglu(mlp: nn.Module) -> bool:
+def use_recomputing_swiglu(mlp: nn.Module, recompute_projections: bool = False) -> bool:
     """Swap `mlp` to the recomputing forward if it is a SiLU-gated MLP; return whether it was."""
     is_swiglu = all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj")) and \
         _is_silu(getattr(mlp, "act_fn", None))
     if is_swiglu:
-        mlp.__class__ = _subclass_for(type(mlp))
+        mlp.__class__ = _subclass_for(type(mlp), recompute_projections)
     return is_swiglu
 
 
@@ -33,11 +39,26 @@ def restore_mlp(mlp: nn.Module) -> None:
         mlp.__class__ = base
 
 
-def _subclass_for(base: type) -> type:
-    if base not in _SUBCLASSES:
-        def forward(self, x):
-            return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+def _gated_product(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return swiglu(mlp.gate_proj(x), mlp.up_proj(x))                                 # [.., I]
 
-        _SUBCLASSES[base] = type(base.__name__, (base,), {"forward": forward, "_fastmma_base_class": base,
-                                                          "__module__": base.__module__})
-    return _SUBCLASSES[base]
+
+def _forward(self, x):
+    return self.down_proj(_gated_product(self, x))
+
+
+def _forward_recomputing_projections(self, x):
+    if torch.is_grad_enabled() and x.requires_grad:
+        product = checkpoint(_gated_product, self, x, use_reentrant=False, preserve_rng_state=False)
+    else:
+        product = _gated_product(self, x)
+    return self.down_proj(product)
+
+
+def _subclass_for(base: type, recompute_projections: bool) -> type:
+    key = (base, recompute_projections)
+    if key not in _SUBCLASSES:
+        forward = _forward_recomputing_projections if recompute_projections else _forward
+        _SUBCLASSES[key] = type(base.__name__, (base,), {"forward": forward, "_fastmma_base_class": base,
+                                                         "__module__": base.__module__})
+    return _SUBCLASSES[key]
