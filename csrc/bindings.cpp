@@ -2,6 +2,8 @@
 #include <torch/extension.h>
 
 #include "norm_adapter.h"
+#include "outputs.h"
+#include "swiglu.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "fastmma's C++ CPU kernels";
@@ -17,6 +19,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              pybind11::arg("h"), pybind11::arg("h_mask"), pybind11::arg("down_weight"), pybind11::arg("up_table"),
              pybind11::arg("table_index"), pybind11::arg("need_grad_x"), pybind11::arg("need_grad_norm_weight"),
              pybind11::arg("need_grad_down"), pybind11::arg("need_grad_tables"));
+  module.def("swiglu_forward", &fastmma::swiglu_forward, "Fused silu(gate) * up", pybind11::arg("gate"),
+             pybind11::arg("up"));
+  module.def("swiglu_backward", &fastmma::swiglu_backward,
+             "Backward of silu(gate) * up: returns (grad_gate, grad_up), None where not asked for",
+             pybind11::arg("grad_out"), pybind11::arg("gate"), pybind11::arg("up"), pybind11::arg("need_grad_gate"),
+             pybind11::arg("need_grad_up"));
   module.def("set_poison_outputs", &fastmma::set_poison_outputs,
              "Tests: fill every output the kernels allocate with NaN before computing it", pybind11::arg("enabled"));
 }

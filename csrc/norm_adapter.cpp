@@ -3,50 +3,21 @@
 #include "norm_adapter.h"
 
 #include <algorithm>
-#include <atomic>
 #include <limits>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "norm_adapter_kernels.h"
+#include "outputs.h"
 
 namespace fastmma {
 namespace {
 
-using kernels::Shape;
-
-std::atomic<bool> poison_outputs{false};
-
 constexpr int64_t kForwardGrainRows = 16;
 
-// Ask Linux to back a fresh output with 2 MiB pages before anything touches it: a 32 MiB output
-// then costs 16 page faults instead of 8192, which would take longer than the kernel itself.
-void advise_huge_pages(const at::Tensor& tensor) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(tensor.data_ptr());
-  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t last = (begin + tensor.nbytes()) & ~(kHugePage - 1);
-  if (last > first) {
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // a hint: failure changes nothing
-  }
-#endif
-}
-
-at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor output = at::empty(sizes, options);
-  advise_huge_pages(output);
-  if (poison_outputs.load()) {
-    output.fill_(std::numeric_limits<double>::quiet_NaN());
-  }
-  return output;
-}
+using kernels::Shape;
 
 at::ScalarType accumulation_dtype(at::ScalarType x_dtype) {
   return x_dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -243,7 +214,6 @@ std::vector<at::Tensor> backward_chunks_and_sum(const kernels::Operands<scalar_t
 
 }  // namespace
 
-void set_poison_outputs(bool enabled) { poison_outputs.store(enabled); }
 
 std::vector<at::Tensor> rms_norm_adapter_forward(const at::Tensor& x_in, const at::Tensor& norm_weight_in,
                                                  double eps, const at::Tensor& down_weight_in,

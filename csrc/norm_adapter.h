@@ -35,7 +35,4 @@ std::vector<at::Tensor> rms_norm_adapter_backward(const at::Tensor& grad_y, cons
                                                   bool need_grad_norm_weight, bool need_grad_down,
                                                   bool need_grad_tables);
 
-// Tests: fill every output the kernels allocate with NaN first, so an element they forget to write shows.
-void set_poison_outputs(bool enabled);
-
 }  // namespace fastmma

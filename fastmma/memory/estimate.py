@@ -11,7 +11,9 @@
   model is not fp32), chunk = min(1024, ceil(tokens / 16)); it lives at the end of the forward;
 - backward working set (an allowance): while one layer runs backward it holds gradients about as big as
   what it saved, plus two [tokens, D] gradients of the residual stream; with checkpointing the layer is
-  first recomputed, so its full saved set comes back as well;
+  first recomputed, so its full saved set comes back as well. That includes two [tokens, I] temporaries
+  of autograd's SwiGLU backward, which the fused C++ kernel on CPU does not make (`fused_swiglu=True`
+  takes them out);
 - overhead (an allowance, GPU only): 0.75 GiB for the CUDA context and cuBLAS/attention workspaces, and
   5% of the activations and working set for allocator fragmentation.
 
@@ -206,13 +208,15 @@ class MemoryEstimate:
 
 
 def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16, checkpointing: bool = False,
-                    config: MMAConfig | None = None, gpu_overhead: bool = True) -> MemoryEstimate:
+                    config: MMAConfig | None = None, gpu_overhead: bool = True,
+                    fused_swiglu: bool = False) -> MemoryEstimate:
     """Predict peak training memory of fastmma for `batch` sequences of `seq_len` tokens (see module docstring).
 
     model_config: a transformers config (LlamaConfig, ...), a dict of its keys, a preset name
     ("llama-7b", "llama-13b", "smollm2-135m") or the path of a config.json (or its folder).
     dtype: the frozen base's dtype (torch dtype or "bf16"/"fp16"/"fp32"). config: the MMAConfig.
     gpu_overhead: add the CUDA context / workspaces and fragmentation allowance (False for CPU).
+    fused_swiglu: the SwiGLU runs fastmma's fused kernel (CPU with the C++ extension), not autograd's ops.
     """
     if batch < 1 or seq_len < 1:
         raise ValueError(f"batch and seq_len must be positive; got {batch} and {seq_len}")
@@ -237,6 +241,8 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     logits_chunk = chunk * dims.vocab_size * (4 + (size if size < 4 else 0))
     layer_full = tokens * full_per_token
     backward = layer_full + 2 * tokens * d * size + (layer_full if checkpointing else 0)
+    if fused_swiglu and not config.recompute_mlp:
+        backward -= 2 * tokens * dims.intermediate_size * size
 
     weights = dims.base_parameters() * size
     sites = layers * len(config.targets)

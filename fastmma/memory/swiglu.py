@@ -1,11 +1,15 @@
 """silu(gate) * up that keeps only `gate` and `up` for backward and recomputes the rest.
 
-Autograd's plain version keeps gate (for silu), silu(gate) and up (for the product).
+Autograd's plain version keeps gate (for silu), silu(gate) and up (for the product). On CPU, in
+float32/bf16/fp16, the C++ kernel (fastmma/ops/cpp_swiglu.py) does the product and its backward in
+one pass each; elsewhere (or with FASTMMA_BACKEND=torch/reference) the same kernels as autograd's.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..ops import backend, cpp_swiglu
 
 
 class _SwiGLU(torch.autograd.Function):
@@ -25,6 +29,8 @@ class _SwiGLU(torch.autograd.Function):
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    if cpp_swiglu.applies(gate, up) and backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu"):
+        return cpp_swiglu.cpp_swiglu(gate, up)
     if not (torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad)):
         return F.silu(gate) * up                  # nothing to save: skip the autograd.Function's overhead
     return _SwiGLU.apply(gate, up)

@@ -7,3 +7,4 @@ from . import triton_backend  # noqa: F401,E402  (registers the "triton" backend
 __all__ = ["BACKENDS", "mma_adapter", "requested_backend", "resolve", "rms_norm_adapter", "rms_norm_adapter_by_expert",
            "rms_norm_adapter_folded", "rms_norm_adapter_linear"]
 from . import cpp_backend  # noqa: F401,E402  (registers the "cpp" backend when the C++ extension is built)
+from . import cpp_swiglu  # noqa: F401,E402
