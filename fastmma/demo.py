@@ -28,7 +28,7 @@ from .train import TrainConfig, train
 class DemoSettings:
     steps: int = 420
     batch_size: int = 8
-    lr: float = 5e-3
+    lr: float = 2e-3
     train_images: int = 2400
     train_texts: int = 600
     heldout_images: int = 96
@@ -42,7 +42,7 @@ def build_demo_model(spec: dict = DEFAULT_SPEC) -> LaVIN:
     adapter = MMAConfig(dropout=0.0)
     torch.manual_seed(0)
     model = LaVIN(llm, vision, tokenizer, LaVINConfig(llm_adapter=adapter, vision_adapter=adapter, visual_every=1,
-                                                      system_prompt=""))
+                                                      system_prompt="", standardize_visual_features=True))
     model.model_spec = spec
     return model
 
@@ -59,6 +59,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict:
     train_samples = (shapes_qa(settings.train_images, settings.seed, image_size=image_size)
                      + text_instructions(settings.train_texts, settings.seed))
 
+    model.fit_visual_statistics([sample.image for sample in train_samples if sample.image is not None])
     accuracy_before, _ = exact_match_accuracy(model, heldout_images, desc="accuracy before")
     text_ppl_base = answer_perplexity(model, heldout_texts)      # adapters are the identity at init
     started = time.perf_counter()

@@ -108,6 +108,8 @@ def train(model, samples: list[VLSample], config: TrainConfig, resume: bool = Tr
     out_dir = Path(config.out_dir)
     state = TrainState(step=0, losses=[], log=[])
     checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is None and hasattr(model, "prepare_for_training"):
+        model.prepare_for_training(samples)             # e.g. LaVIN's visual feature statistics
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer)
         if main_process:

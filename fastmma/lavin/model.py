@@ -21,9 +21,15 @@ def _with_zero_gradients(loss: torch.Tensor, parameters: list[nn.Parameter]) -> 
 
 
 class VisualAdapter(nn.Module):
-    """Linear(D_vit, hidden) -> SiLU -> Linear(hidden, D_llm), xavier weights, zero biases."""
+    """Linear(D_vit, hidden) -> SiLU -> Linear(hidden, D_llm), xavier weights, zero biases.
 
-    def __init__(self, vision_width: int, hidden: int, llm_width: int):
+    With `standardize`, each tap's CLS features are first standardized per channel with fixed statistics
+    (buffers `feature_mean`, `feature_std` [T, D_vit], fitted by LaVIN.fit_visual_statistics; until then
+    0 and 1). A frozen random ViT's features are dominated by a component common to every image and by
+    a few huge channels; standardizing them lets the adapter see what differs between images.
+    """
+
+    def __init__(self, vision_width: int, hidden: int, llm_width: int, taps: int = 1, standardize: bool = False):
         super().__init__()
         self.down = nn.Linear(vision_width, hidden)
         self.act = nn.SiLU()
@@ -31,9 +37,17 @@ class VisualAdapter(nn.Module):
         for linear in (self.down, self.up):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
+        self.standardize = standardize
+        if standardize:
+            self.register_buffer("feature_mean", torch.zeros(taps, vision_width))
+            self.register_buffer("feature_std", torch.ones(taps, vision_width))
+            self.register_buffer("feature_count", torch.zeros((), dtype=torch.long))     # images fitted on; 0: not yet
 
-    def forward(self, cls_states: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(cls_states.to(self.down.weight.dtype))))
+    def forward(self, cls_states: torch.Tensor) -> torch.Tensor:                      # [N, T, D_vit]
+        features = cls_states.to(self.down.weight.dtype)
+        if self.standardize:
+            features = (features - self.feature_mean) / self.feature_std
+        return self.up(self.act(self.down(features)))                                 # [N, T, D_llm]
 
 
 class LaVIN(nn.Module):
@@ -58,8 +72,9 @@ class LaVIN(nn.Module):
             raise ValueError(f"visual_every={self.config.visual_every} exceeds the ViT's {len(tower.encoder.layers)} "
                              f"blocks: no visual tokens would be taken")
         device = tower.embeddings.patch_embedding.weight.device
-        self.visual_adapter = VisualAdapter(vision_width, self.config.visual_hidden,
-                                            llm.config.hidden_size).to(device)
+        self.visual_adapter = VisualAdapter(vision_width, self.config.visual_hidden, llm.config.hidden_size,
+                                            taps=self.num_visual_tokens,
+                                            standardize=self.config.standardize_visual_features).to(device)
 
     # -- encoding -------------------------------------------------------------------------
     def encode(self, sample: VLSample, max_length: int | None = None) -> EncodedSample:
@@ -78,6 +93,34 @@ class LaVIN(nn.Module):
         images = [sample.image for sample in encoded if sample.image is not None]
         embed_tokens = self.llm.get_input_embeddings()
         return assemble(embed_tokens, encoded, self.visual_tokens(images), pad_left)
+
+    @torch.no_grad()
+    def fit_visual_statistics(self, images: list, max_images: int = 512, batch_size: int = 64) -> int:
+        """Fit the visual adapter's per-tap feature mean and std on the first `max_images` images (with
+        `standardize_visual_features`; a no-op otherwise). Returns how many images were used."""
+        adapter = self.visual_adapter
+        images = list(images)[:max_images]
+        if not adapter.standardize:
+            return 0
+        if len(images) < 2:
+            raise ValueError(f"fit_visual_statistics needs at least 2 images, got {len(images)}")
+        device = adapter.down.weight.device
+        features = torch.cat([cls_features(self.vision, pixel_values(images[start:start + batch_size],
+                                                                     self.image_size).to(device),
+                                           self.config.visual_every).float()
+                              for start in range(0, len(images), batch_size)])          # [N, T, D_vit]
+        adapter.feature_mean.copy_(features.mean(0))
+        adapter.feature_std.copy_(features.std(0).clamp_min(1e-6))
+        adapter.feature_count.fill_(len(images))
+        return len(images)
+
+    def prepare_for_training(self, samples: list[VLSample]) -> None:
+        """Before the first step of a fresh run: fit the visual statistics if they are on and not fitted yet."""
+        adapter = self.visual_adapter
+        if adapter.standardize and int(adapter.feature_count) == 0:
+            images = [sample.image for sample in samples if sample.image is not None]
+            if len(images) >= 2:
+                self.fit_visual_statistics(images)
 
     # -- training -------------------------------------------------------------------------
     def forward(self, encoded: list[EncodedSample]):
@@ -130,9 +173,13 @@ class LaVIN(nn.Module):
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
 
     # -- parameters -----------------------------------------------------------------------
-    def trainable_state(self) -> dict[str, nn.Parameter]:
-        """Every trainable tensor, by its name in this module."""
-        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor by its name in this module, plus the visual feature statistics when
+        they are on: what save_pretrained and training checkpoints store."""
+        state = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        if self.visual_adapter.standardize:
+            state.update({f"visual_adapter.{name}": buffer for name, buffer in self.visual_adapter.named_buffers()})
+        return state
 
     def save_pretrained(self, directory) -> None:
         """Write the trainable tensors and the config to `directory` (safetensors + JSON, atomic)."""
