@@ -192,3 +192,17 @@ def test_training_fits_the_visual_statistics_once_before_the_first_step(tmp_path
     fitted = model.visual_adapter.feature_mean.clone()
     model.prepare_for_training(samples[:2])                                        # already fitted: kept
     assert torch.equal(model.visual_adapter.feature_mean, fitted)
+
+
+def test_random_vision_spec_scales_the_position_embeddings():
+    from fastmma.lavin.build import build_vision
+    from fastmma.patching.clip import vision_transformer
+
+    from .lavin_helpers import VIT_DIMS
+
+    plain = build_vision({"random": VIT_DIMS, "seed": 3})
+    scaled = build_vision({"random": VIT_DIMS, "seed": 3, "position_scale": 5.0})
+    plain_weight = vision_transformer(plain).embeddings.position_embedding.weight
+    torch.testing.assert_close(vision_transformer(scaled).embeddings.position_embedding.weight, 5.0 * plain_weight)
+    torch.testing.assert_close(vision_transformer(scaled).embeddings.patch_embedding.weight,
+                               vision_transformer(plain).embeddings.patch_embedding.weight)
