@@ -13,6 +13,11 @@ namespace {
 
 constexpr int64_t kGrainElements = 32768;
 
+// The dtypes check_operand admits, and no others (no float64 instantiation).
+#define FASTMMA_DISPATCH_SWIGLU_TYPES(TYPE, NAME, ...)                     \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+
 void check_operand(const at::Tensor& tensor, const char* name, const at::Tensor& gate) {
   TORCH_CHECK(tensor.device().is_cpu(), "swiglu (cpp backend): ", name, " is on ", tensor.device(),
               "; this backend runs on CPU tensors only");
@@ -31,7 +36,7 @@ at::Tensor swiglu_forward(const at::Tensor& gate_in, const at::Tensor& up_in) {
   check_operand(up_in, "up", gate_in);
   const at::Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
   at::Tensor out = new_output(gate.sizes(), gate.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate.scalar_type(), "swiglu_forward", [&] {
+  FASTMMA_DISPATCH_SWIGLU_TYPES(gate.scalar_type(), "swiglu_forward", [&] {
     const scalar_t* gate_data = gate.data_ptr<scalar_t>();
     const scalar_t* up_data = up.data_ptr<scalar_t>();
     scalar_t* out_data = out.data_ptr<scalar_t>();
@@ -53,7 +58,7 @@ std::vector<at::Tensor> swiglu_backward(const at::Tensor& grad_out_in, const at:
   if (!need_grad_gate && !need_grad_up) {
     return {grad_gate, grad_up};
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate.scalar_type(), "swiglu_backward", [&] {
+  FASTMMA_DISPATCH_SWIGLU_TYPES(gate.scalar_type(), "swiglu_backward", [&] {
     const scalar_t* grad_out_data = grad_out.data_ptr<scalar_t>();
     const scalar_t* gate_data = gate.data_ptr<scalar_t>();
     const scalar_t* up_data = up.data_ptr<scalar_t>();

@@ -85,9 +85,13 @@ class LaVIN(nn.Module):
         """[N, T, D_llm] for the images given; None (and no ViT run) when there are none."""
         if not images:
             return None
+        return self.visual_adapter(self.image_features(images))
+
+    def image_features(self, images: list) -> torch.Tensor:
+        """The ViT's CLS states [N, T, D_vit] at the tapped blocks, for the images given."""
         device = self.visual_adapter.down.weight.device
         pixels = pixel_values(images, self.image_size).to(device)                            # [N, 3, H, W]
-        return self.visual_adapter(cls_features(self.vision, pixels, self.config.visual_every))
+        return cls_features(self.vision, pixels, self.config.visual_every)
 
     def batch_inputs(self, encoded: list[EncodedSample], pad_left: bool = False) -> dict[str, torch.Tensor]:
         images = [sample.image for sample in encoded if sample.image is not None]
@@ -104,10 +108,7 @@ class LaVIN(nn.Module):
             return 0
         if len(images) < 2:
             raise ValueError(f"fit_visual_statistics needs at least 2 images, got {len(images)}")
-        device = adapter.down.weight.device
-        features = torch.cat([cls_features(self.vision, pixel_values(images[start:start + batch_size],
-                                                                     self.image_size).to(device),
-                                           self.config.visual_every).float()
+        features = torch.cat([self.image_features(images[start:start + batch_size]).float()
                               for start in range(0, len(images), batch_size)])          # [N, T, D_vit]
         adapter.feature_mean.copy_(features.mean(0))
         adapter.feature_std.copy_(features.std(0).clamp_min(1e-6))
