@@ -17,7 +17,7 @@ from . import MMAConfig, trainable_summary
 from .atomic import write_json_atomic
 from .data.shapes import chance_accuracy, shapes_qa
 from .data.text_tasks import text_instructions
-from .evaluate import answer_perplexity, exact_match_accuracy
+from .evaluate import accuracy_by, answer_perplexity, exact_match_accuracy
 from .lavin import LaVIN, LaVINConfig
 from .lavin.build import DEFAULT_SPEC, build_llm, build_vision, describe_vision
 from .plotting import save_loss_curve
@@ -71,6 +71,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict:
     metrics = {
         "accuracy_before": accuracy_before,
         "accuracy_after": accuracy_after,
+        "accuracy_after_by_type": accuracy_by(heldout_images, answers),
         "chance_accuracy": chance_accuracy(heldout_images),
         "text_ppl_base": text_ppl_base,
         "text_ppl_adapted": answer_perplexity(model, heldout_texts),
@@ -95,7 +96,8 @@ def _print_report(model, metrics, heldout_images, answers, out_dir: Path) -> Non
     text_prompts = ["What is 3 plus 4?", "What is the opposite of cold?"]
     for prompt, answer in zip(text_prompts, model.generate(text_prompts, max_new_tokens=12)):
         print(f"  [text] {prompt}\n     -> {answer!r}")
+    by_type = ", ".join(f"{name} {value:.3f}" for name, value in metrics["accuracy_after_by_type"].items())
     print(f"\nShapesQA accuracy {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f} "
-          f"(chance {metrics['chance_accuracy']:.3f}); text perplexity {metrics['text_ppl_base']:.3f} -> "
+          f"({by_type}; chance {metrics['chance_accuracy']:.3f}); text perplexity {metrics['text_ppl_base']:.3f} -> "
           f"{metrics['text_ppl_adapted']:.3f}; {metrics['train_seconds']:.0f} s of training")
     print(f"wrote {out_dir / 'metrics.json'}, {out_dir / 'loss.png'} and the model to {out_dir / 'adapters'}")

@@ -30,6 +30,18 @@ def exact_match_accuracy(model, samples: list[VLSample], batch_size: int = 32, m
     return correct / len(samples), answers
 
 
+def accuracy_by(samples: list[VLSample], answers: list[str], key: str = "question_type") -> dict[str, float]:
+    """Exact-match accuracy per value of `sample.meta[key]` (e.g. per ShapesQA question type), in first-seen order."""
+    if len(samples) != len(answers):
+        raise ValueError(f"{len(samples)} samples but {len(answers)} answers; pass the answers of these samples")
+    hits: dict[str, list[bool]] = {}
+    for sample, answer in zip(samples, answers):
+        if key not in sample.meta:
+            raise ValueError(f"sample meta {sorted(sample.meta)} has no {key!r}; group by a key every sample has")
+        hits.setdefault(str(sample.meta[key]), []).append(normalize_answer(answer) == normalize_answer(sample.turns[0][1]))
+    return {group: sum(flags) / len(flags) for group, flags in hits.items()}
+
+
 @torch.no_grad()
 def answer_perplexity(model, samples: list[VLSample], batch_size: int = 16) -> float:
     """exp(mean negative log-likelihood per answer token), teacher-forced."""
