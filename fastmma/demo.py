@@ -26,11 +26,11 @@ from .train import TrainConfig, train
 
 @dataclass
 class DemoSettings:
-    steps: int = 420
+    steps: int = 480
     batch_size: int = 8
     lr: float = 2e-3
     train_images: int = 2400
-    train_texts: int = 600
+    train_texts: int = 300
     heldout_images: int = 96
     heldout_texts: int = 64
     seed: int = 0
