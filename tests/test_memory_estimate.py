@@ -85,12 +85,14 @@ def _static_bytes(model, optimizer):
     return sum(storages.values())
 
 
-@pytest.mark.parametrize("dtype,checkpointing", [(torch.float32, False), (torch.bfloat16, False),
-                                                 (torch.float32, True)])
-def test_estimated_peak_matches_a_measured_training_step(dtype, checkpointing):
+@pytest.mark.parametrize("dtype,checkpointing,config", [(torch.float32, False, None), (torch.bfloat16, False, None),
+                                                        (torch.float32, True, None),
+                                                        (torch.float32, False, fastmma.MMAConfig(recompute_mlp=True)),
+                                                        (torch.bfloat16, False, fastmma.MMAConfig(recompute_mlp=True))])
+def test_estimated_peak_matches_a_measured_training_step(dtype, checkpointing, config):
     """Weights + AdamW states + the largest amount allocated during forward, backward and step (CPU profile)."""
     batch, length = 4, 128
-    model = fastmma.patch(_tiny(dtype, 2, layers=4, hidden=256, inter=704, vocab=2000)).train()
+    model = fastmma.patch(_tiny(dtype, 2, layers=4, hidden=256, inter=704, vocab=2000), config).train()
     if checkpointing:
         enable_checkpointing(model)
     ids = torch.randint(0, 2000, (batch, length), generator=torch.Generator().manual_seed(0))
@@ -105,9 +107,9 @@ def test_estimated_peak_matches_a_measured_training_step(dtype, checkpointing):
     _, dynamic = peak_bytes_during(step)
     measured = _static_bytes(model, optimizer) + dynamic
     fused_swiglu = backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu")      # the C++ kernel, as on this CPU
-    estimate = estimate_memory(model.config, batch, length, dtype, checkpointing, gpu_overhead=False,
+    estimate = estimate_memory(model.config, batch, length, dtype, checkpointing, config, gpu_overhead=False,
                                fused_swiglu=fused_swiglu)
-    assert estimate.peak_allocated_bytes == pytest.approx(measured, rel=0.10)
+    assert estimate.peak_allocated_bytes == pytest.approx(measured, rel=0.05)
 
 
 def test_memory_command(tmp_path, capsys):

@@ -13,7 +13,8 @@
   what it saved, plus two [tokens, D] gradients of the residual stream; with checkpointing the layer is
   first recomputed, so its full saved set comes back as well. That includes two [tokens, I] temporaries
   of autograd's SwiGLU backward, which the fused C++ kernel on CPU does not make (`fused_swiglu=True`
-  takes them out);
+  takes them out). With `recompute_mlp` the MLP's backward holds at least its recomputed gate and up and
+  their gradients (four [tokens, I]; six with autograd's SwiGLU);
 - overhead (an allowance, GPU only): 0.75 GiB for the CUDA context and cuBLAS/attention workspaces, and
   5% of the activations and working set for allocator fragmentation.
 
@@ -240,7 +241,8 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     chunk = default_chunk_tokens(tokens)
     logits_chunk = chunk * dims.vocab_size * (4 + (size if size < 4 else 0))
     layer_full = tokens * full_per_token
-    backward = layer_full + 2 * tokens * d * size + (layer_full if checkpointing else 0)
+    backward = _layer_backward_bytes(dims, config, tokens, size, layer_full, fused_swiglu) + \
+        2 * tokens * d * size + (layer_full if checkpointing else 0)
     if fused_swiglu and not config.recompute_mlp:
         backward -= 2 * tokens * dims.intermediate_size * size
 
@@ -263,6 +265,16 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
         outside_saved_bytes=outside, activation_bytes=activations, logits_chunk_bytes=logits_chunk,
         backward_working_bytes=backward, overhead_bytes=overhead, peak_allocated_bytes=peak_allocated,
         peak_bytes=peak_allocated + overhead, breakdown=per_token)
+
+
+def _layer_backward_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size: int, layer_full: int,
+                          fused_swiglu: bool) -> int:
+    """What one layer's backward holds besides the residual-stream gradients: gradients about as big as what
+    the layer saved; with recompute_mlp at least the recomputed gate and up with their gradients, [tokens, I]
+    each (autograd's SwiGLU backward adds two more)."""
+    if not config.recompute_mlp:
+        return layer_full
+    return max(layer_full, tokens * (4 if fused_swiglu else 6) * dims.intermediate_size * size)
 
 
 def memory_table(model_config, batches, seq_len: int, dtype=torch.bfloat16, config: MMAConfig | None = None,
