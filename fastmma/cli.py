@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="offline demo: LaVIN on SmolLM2 + a small ViT, trained on ShapesQA")
     demo.add_argument("--out", default="demo-out", help="output folder (metrics.json, loss.png, adapters/)")
     demo.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's setting)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the training data, its order and the held-out questions (default 0)")
     demo.set_defaults(run=_demo)
 
     train = commands.add_parser("train", help="train LaVIN from a JSON config file")
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo(args) -> int:
     from .demo import DemoSettings, run_demo
 
-    settings = DemoSettings() if args.steps is None else DemoSettings(steps=args.steps)
+    settings = DemoSettings(seed=args.seed) if args.steps is None else DemoSettings(steps=args.steps, seed=args.seed)
     run_demo(args.out, settings)
     return 0
 

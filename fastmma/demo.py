@@ -35,6 +35,10 @@ class DemoSettings:
     heldout_texts: int = 64
     seed: int = 0
 
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"the demo needs at least one training step; got steps={self.steps}")
+
 
 def build_demo_model(spec: dict = DEFAULT_SPEC) -> LaVIN:
     llm, tokenizer = build_llm(spec["llm"])

@@ -46,3 +46,16 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "lacks" in capsys.readouterr().err
     assert main(["generate", "--adapters", str(tmp_path), "--prompt", "hi"]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
+
+
+def test_demo_passes_steps_and_seed_and_refuses_zero_steps(monkeypatch, capsys):
+    import fastmma.demo
+
+    calls = []
+    monkeypatch.setattr(fastmma.demo, "run_demo", lambda out, settings: calls.append((out, settings)))
+    assert main(["demo", "--out", "somewhere"]) == 0
+    assert main(["demo", "--out", "elsewhere", "--steps", "5", "--seed", "2"]) == 0
+    assert calls[0] == ("somewhere", fastmma.demo.DemoSettings())
+    assert (calls[1][1].steps, calls[1][1].seed) == (5, 2)
+    assert main(["demo", "--steps", "0"]) == 2
+    assert "at least one training step" in capsys.readouterr().err
