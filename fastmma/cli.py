@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the demo's setting)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seed of the training data, its order and the held-out questions (default 0)")
+    demo.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                      help="training precision (default: the demo's setting, bf16 autocast)")
     demo.set_defaults(run=_demo)
 
     train = commands.add_parser("train", help="train LaVIN from a JSON config file")
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo(args) -> int:
     from .demo import DemoSettings, run_demo
 
-    settings = DemoSettings(seed=args.seed) if args.steps is None else DemoSettings(steps=args.steps, seed=args.seed)
+    chosen = {"steps": args.steps, "precision": args.precision}
+    settings = DemoSettings(seed=args.seed, **{name: value for name, value in chosen.items() if value is not None})
     run_demo(args.out, settings)
     return 0
 

@@ -26,9 +26,10 @@ from .train import TrainConfig, train
 
 @dataclass
 class DemoSettings:
-    steps: int = 480
+    steps: int = 800
     batch_size: int = 8
     lr: float = 2e-3
+    precision: str = "bf16"        # autocast: ~1.7x the fp32 step rate on a CPU with AVX512-BF16
     train_images: int = 2400
     train_texts: int = 300
     heldout_images: int = 96
@@ -38,6 +39,16 @@ class DemoSettings:
     def __post_init__(self):
         if self.steps < 1:
             raise ValueError(f"the demo needs at least one training step; got steps={self.steps}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"the demo trains on a CPU in fp32 or bf16; got precision={self.precision!r}")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AVX512-BF16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def build_demo_model(spec: dict = DEFAULT_SPEC) -> LaVIN:
@@ -57,6 +68,9 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict:
     print("building LaVIN: SmolLM2-135M-Instruct (embedded) + " + describe_vision(DEFAULT_SPEC["vision"]))
     model = build_demo_model()
     print(trainable_summary(model))
+    if settings.precision == "bf16" and not cpu_has_native_bf16():
+        print("note: this CPU has no native bf16 matrix products, so bf16 training will be slower than the "
+              "README's figures; `--precision fp32` may be faster here")
     image_size = DEFAULT_SPEC["vision"]["random"]["image_size"]
     heldout_images = shapes_qa(settings.heldout_images, settings.seed + 1, image_size=image_size, split="heldout")
     heldout_texts = text_instructions(settings.heldout_texts, settings.seed + 1, split="heldout")
@@ -69,7 +83,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict:
     started = time.perf_counter()
     result = train(model, train_samples, TrainConfig(out_dir=str(out_dir / "run"), steps=settings.steps,
                                                      batch_size=settings.batch_size, lr=settings.lr,
-                                                     seed=settings.seed, checkpoint_every=100), resume=False)
+                                                     precision=settings.precision, seed=settings.seed,
+                                                     checkpoint_every=100), resume=False)
     train_seconds = time.perf_counter() - started
     accuracy_after, answers = exact_match_accuracy(model, heldout_images, desc="accuracy after")
     metrics = {
@@ -82,6 +97,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict:
         "train_seconds": round(train_seconds, 1),
         "steps": settings.steps,
         "batch_size": settings.batch_size,
+        "precision": settings.precision,
         "heldout_questions": len(heldout_images),
         "vision": "random-init CLIP ViT (frozen): no pretrained vision weights are available offline",
     }

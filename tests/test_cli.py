@@ -54,8 +54,8 @@ def test_demo_passes_steps_and_seed_and_refuses_zero_steps(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(fastmma.demo, "run_demo", lambda out, settings: calls.append((out, settings)))
     assert main(["demo", "--out", "somewhere"]) == 0
-    assert main(["demo", "--out", "elsewhere", "--steps", "5", "--seed", "2"]) == 0
+    assert main(["demo", "--out", "elsewhere", "--steps", "5", "--seed", "2", "--precision", "fp32"]) == 0
     assert calls[0] == ("somewhere", fastmma.demo.DemoSettings())
-    assert (calls[1][1].steps, calls[1][1].seed) == (5, 2)
+    assert (calls[1][1].steps, calls[1][1].seed, calls[1][1].precision) == (5, 2, "fp32")
     assert main(["demo", "--steps", "0"]) == 2
     assert "at least one training step" in capsys.readouterr().err

@@ -243,8 +243,6 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     layer_full = tokens * full_per_token
     backward = _layer_backward_bytes(dims, config, tokens, size, layer_full, fused_swiglu) + \
         2 * tokens * d * size + (layer_full if checkpointing else 0)
-    if fused_swiglu and not config.recompute_mlp:
-        backward -= 2 * tokens * dims.intermediate_size * size
 
     weights = dims.base_parameters() * size
     sites = layers * len(config.targets)
@@ -270,11 +268,13 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
 def _layer_backward_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size: int, layer_full: int,
                           fused_swiglu: bool) -> int:
     """What one layer's backward holds besides the residual-stream gradients: gradients about as big as what
-    the layer saved; with recompute_mlp at least the recomputed gate and up with their gradients, [tokens, I]
-    each (autograd's SwiGLU backward adds two more)."""
-    if not config.recompute_mlp:
-        return layer_full
-    return max(layer_full, tokens * (4 if fused_swiglu else 6) * dims.intermediate_size * size)
+    the layer saved, less autograd's two SwiGLU temporaries [tokens, I] when the fused kernel runs; with
+    recompute_mlp at least the recomputed gate and up with their gradients, [tokens, I] each (autograd's
+    SwiGLU backward adds two more)."""
+    swiglu_temporaries = 2 * tokens * dims.intermediate_size * size
+    if config.recompute_mlp:
+        return max(layer_full, 2 * swiglu_temporaries + (0 if fused_swiglu else swiglu_temporaries))
+    return layer_full - (swiglu_temporaries if fused_swiglu else 0)
 
 
 def memory_table(model_config, batches, seq_len: int, dtype=torch.bfloat16, config: MMAConfig | None = None,
