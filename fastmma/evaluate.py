@@ -15,6 +15,11 @@ def normalize_answer(text: str) -> str:
     return first_line.strip().rstrip(".").strip().lower()
 
 
+def answer_matches(sample: VLSample, answer: str) -> bool:
+    """Exact match of a generated answer with the reference answer of the sample's first turn."""
+    return normalize_answer(answer) == normalize_answer(sample.turns[0][1])
+
+
 @torch.no_grad()
 def exact_match_accuracy(model, samples: list[VLSample], batch_size: int = 32, max_new_tokens: int = 8,
                          desc: str = "evaluating") -> tuple[float, list[str]]:
@@ -26,7 +31,7 @@ def exact_match_accuracy(model, samples: list[VLSample], batch_size: int = 32, m
         batch = samples[start:start + batch_size]
         answers += model.generate([s.turns[0][0] for s in batch], [s.image for s in batch],
                                   max_new_tokens=max_new_tokens)
-    correct = sum(normalize_answer(a) == normalize_answer(s.turns[0][1]) for a, s in zip(answers, samples))
+    correct = sum(answer_matches(sample, answer) for sample, answer in zip(samples, answers))
     return correct / len(samples), answers
 
 
@@ -38,7 +43,7 @@ def accuracy_by(samples: list[VLSample], answers: list[str], key: str = "questio
     for sample, answer in zip(samples, answers):
         if key not in sample.meta:
             raise ValueError(f"sample meta {sorted(sample.meta)} has no {key!r}; group by a key every sample has")
-        hits.setdefault(str(sample.meta[key]), []).append(normalize_answer(answer) == normalize_answer(sample.turns[0][1]))
+        hits.setdefault(str(sample.meta[key]), []).append(answer_matches(sample, answer))
     return {group: sum(flags) / len(flags) for group, flags in hits.items()}
 
 
