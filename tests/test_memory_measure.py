@@ -131,7 +131,8 @@ def test_fastmma_keeps_less_than_hugging_face_and_no_logits():
     ids = torch.randint(3, 97, (B, L), generator=torch.Generator().manual_seed(0))
     embeds = base.get_input_embeddings()(ids).detach().requires_grad_()
     floor = measure_saved_bytes(base, lambda: base(inputs_embeds=embeds, labels=ids).loss, exclude=[embeds])
-    patched = fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(dropout=0.0)).train()
+    config = fastmma.MMAConfig(dropout=0.0, recompute_attention=False)         # the per-op savers alone
+    patched = fastmma.patch(copy.deepcopy(base), config).train()
     lean = measure_saved_bytes(patched, lambda: patched(ids, labels=ids, modality=0).loss)
     inter, hidden = base.config.intermediate_size, base.config.hidden_size
     assert lean.layers[1].storage_bytes < floor.layers[1].storage_bytes
@@ -150,6 +151,18 @@ def test_fastmma_keeps_less_than_hugging_face_and_no_logits():
     # the layers' own forward: what it keeps is filed outside the per-layer figures
     assert lean.other_layer_calls.storage_bytes == 0
     assert lean.outside.storage_bytes > floor.outside.storage_bytes
+
+
+def test_recomputing_layers_keep_their_input_q_v_gate_and_up():
+    patched = fastmma.patch(tiny_causal_lm("llama", num_hidden_layers=3), fastmma.MMAConfig()).train()
+    ids = torch.randint(3, 97, (B, L), generator=torch.Generator().manual_seed(0))
+    result = measure_saved_bytes(patched, lambda: patched(ids, labels=ids, modality=0).loss)
+    config = patched.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    per_token = (config.hidden_size + (config.num_attention_heads + config.num_key_value_heads) * head_dim
+                 + 2 * config.intermediate_size)
+    assert [layer.storage_bytes for layer in result.layers[1:]] == [N * per_token * F32] * 2
+    assert all(layer.storages == 5 for layer in result.layers[1:])            # x, q, v, gate, up
 
 
 def test_checkpointed_layers_keep_only_their_input():

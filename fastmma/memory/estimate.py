@@ -11,7 +11,8 @@
   model is not fp32), chunk = min(1024, ceil(tokens / 16)); it lives at the end of the forward;
 - backward working set (an allowance): while one layer runs backward it holds gradients about as big as
   what it saved, plus two [tokens, D] gradients of the residual stream; with checkpointing the layer is
-  first recomputed, so its full saved set comes back as well. That includes two [tokens, I] temporaries
+  first recomputed, so its full saved set comes back as well (with recompute_attention, what it did not
+  keep, and the recomputation's temporaries: [tokens, I] + 2 [tokens, D]). That includes two [tokens, I] temporaries
   of autograd's SwiGLU backward, which the fused C++ kernel on CPU does not make (`fused_swiglu=True`
   takes them out). With `recompute_mlp` the MLP's backward holds at least its recomputed gate and up and
   their gradients (four [tokens, I]; six with autograd's SwiGLU);
@@ -26,6 +27,11 @@ intermediate; r adapter rank), what fastmma's layers keep with SDPA or flash-att
     attention (SDPA / flash)    q: H*hd*s, k and v: KV*hd*s each, output: H*hd*s, logsumexp: 4H
     SwiGLU MLP                  gate and up: 2I*s        (recompute_swiglu=False: 3I*s; recompute_mlp: D*s)
     with checkpointing          the layer input only: D*s (the rest is recomputed in backward)
+
+What a layer really keeps (`kept_per_token_per_layer`): the whole list above without recomputation;
+with `recompute_attention` (the default) its input, q, v, and gate and up: (D + H*hd + KV*hd + 2I)*s
+(without gate and up under `recompute_mlp`), the rest coming back while the layer runs backward; with
+checkpointing its input alone.
 
 These are the tensors `fastmma.memory.measure` finds on CPU; tests/test_memory_estimate.py checks the
 formula against it. Frozen Linear layers keep no input (autograd saves only what the needed gradients
@@ -165,6 +171,21 @@ def saved_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMA
     return out
 
 
+def kept_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMAConfig | None = None,
+                             checkpointing: bool = False) -> float:
+    """Bytes one decoder layer really keeps per token: its input with checkpointing; its input, q, v (and
+    gate and up unless recompute_mlp) with recompute_attention; else everything it saves."""
+    config = config or MMAConfig()
+    size = torch.empty((), dtype=dtype_of(dtype)).element_size()
+    d, hd = dims.hidden_size, dims.head_dim
+    if checkpointing:
+        return d * size
+    if config.recompute_attention:
+        stashed_mlp = 0 if config.recompute_mlp else 2 * dims.intermediate_size
+        return (d + (dims.num_attention_heads + dims.num_key_value_heads) * hd + stashed_mlp) * size
+    return sum(saved_per_token_per_layer(dims, dtype, config).values())
+
+
 def per_layer_constant_bytes(dims: ModelDims, batch: int, dtype=torch.bfloat16, config: MMAConfig | None = None) -> int:
     """Bytes per layer that do not grow with the sequence: the adapter's fp32 tables (per adapted norm:
     the up-projections [E, r/G * D], the router weights [B, E] twice, the per-sample table [B, r/G, D];
@@ -230,9 +251,10 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
 
     per_token = saved_per_token_per_layer(dims, torch_dtype, config)
     full_per_token = sum(per_token.values())
-    kept_per_token = d * size if checkpointing else full_per_token
+    kept_per_token = kept_per_token_per_layer(dims, torch_dtype, config, checkpointing)
+    recomputes = kept_per_token != full_per_token
     layers_saved = layers * tokens * kept_per_token
-    constants = 0 if checkpointing else layers * per_layer_constant_bytes(dims, batch, torch_dtype, config)
+    constants = 0 if recomputes else layers * per_layer_constant_bytes(dims, batch, torch_dtype, config)
     modality_pass = layers * config.num_modalities * full_per_token + \
         layers * per_layer_constant_bytes(dims, config.num_modalities, torch_dtype, config)
     outside = tokens * (2 * d * size + 4)                 # final norm input + rstd, chunked loss's gradient
@@ -241,8 +263,13 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     chunk = default_chunk_tokens(tokens)
     logits_chunk = chunk * dims.vocab_size * (4 + (size if size < 4 else 0))
     layer_full = tokens * full_per_token
+    recomputed = layer_full - tokens * kept_per_token            # what comes back while the layer runs backward
+    if config.recompute_attention and not checkpointing:
+        # and the recomputed forward's temporaries: the SwiGLU product [tokens, I], the FFN norm's output and
+        # o_proj's output [tokens, D] (an allowance, measured on CPU)
+        recomputed += tokens * (dims.intermediate_size + 2 * d) * size
     backward = _layer_backward_bytes(dims, config, tokens, size, layer_full, fused_swiglu) + \
-        2 * tokens * d * size + (layer_full if checkpointing else 0)
+        2 * tokens * d * size + recomputed
 
     weights = dims.base_parameters() * size
     sites = layers * len(config.targets)

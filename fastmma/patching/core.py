@@ -11,6 +11,7 @@ from ..config import MMAConfig
 from . import llama  # noqa: F401  (registers the LLaMA-layout families)
 from .methods import handler_for_config, handler_for_model
 from .attention import apply_attn_implementation, set_attn_implementation
+from .layer_recompute import restore_layer_recompute, use_layer_recompute
 from .lean_norm import restore_norms, use_lean_norm
 from .model_class import original_class, patched_class_for
 from .mlp import restore_mlp, use_recomputing_swiglu
@@ -93,6 +94,8 @@ def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
             sites.append(PatchSite(layer_index, target, layer, attr, original, module))
         if (config.recompute_swiglu or config.recompute_mlp) and family.mlp_attr:
             use_recomputing_swiglu(getattr(layer, family.mlp_attr), recompute_projections=config.recompute_mlp)
+        if config.recompute_attention:
+            use_layer_recompute(layer, family.mlp_attr, stash_mlp=not config.recompute_mlp)
         if config.recompute_norm:
             for target, attr in family.norm_attrs.items():
                 if target not in config.targets:
@@ -130,6 +133,7 @@ def _restore_base(model: nn.Module, state: PatchState) -> None:
         for layer in state.family.layers(model):
             restore_mlp(getattr(layer, state.family.mlp_attr))
     restore_norms(model)
+    restore_layer_recompute(model)
     if state.attn_implementation_before is not None:
         set_attn_implementation(model, state.attn_implementation_before)
     delattr(model, MODALITY_EMBEDDING_NAME)

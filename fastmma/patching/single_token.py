@@ -17,7 +17,7 @@ def supports_single_token(layer: nn.Module) -> bool:
 
     A layer wrapped by FSDP runs itself too: its parameters are gathered only around its own forward.
     """
-    if _fsdp_wrapped(layer):
+    if fsdp_wrapped(layer):
         return False
     attention = getattr(layer, "self_attn", None)
     needed = ("v_proj", "o_proj", "num_key_value_groups", "head_dim")
@@ -26,7 +26,7 @@ def supports_single_token(layer: nn.Module) -> bool:
             and not (attention.training and getattr(attention, "attention_dropout", 0.0) > 0.0))
 
 
-def _fsdp_wrapped(layer: nn.Module) -> bool:
+def fsdp_wrapped(layer: nn.Module) -> bool:
     if hasattr(layer, "_fsdp_wrapped_module") or type(layer).__name__.startswith("FSDP"):   # FSDP1 / FSDP2
         return True
     return any(type(p).__name__ == "DTensor" for p in layer.parameters(recurse=False))

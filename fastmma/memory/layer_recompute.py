@@ -1,0 +1,137 @@
+"""Selective recomputation of a frozen decoder layer: keep a few GEMM outputs, recompute the rest.
+
+A frozen LLaMA-layout layer keeps, without recomputation, its two norm inputs, q, k, v, the
+attention output (and logsumexp), and the SwiGLU gate and up outputs. Run under
+`recompute_layer`, the layer keeps its input and the outputs of the Linear layers named
+"stashed" (q, v, gate and up by default): the expensive GEMMs. In backward the layer's forward
+runs again inside a non-reentrant activation checkpoint; each stashed Linear returns its kept
+output instead of multiplying again, so the recomputation costs only the cheap GEMMs (k_proj,
+o_proj), the attention forward and the element-wise ops. The MLP's down projection saves nothing
+for backward (`frozen_linear`), so torch's early stop ends the recomputation before it.
+
+The stashed outputs travel as saved tensors of one autograd node on the layer's output
+(`_KeepStash`), so saved-tensor hooks (measurement, offloading) see them, and they are freed
+with the graph. That node's backward runs before anything inside the layer (it sits on the
+layer's output) and hands them back to the stash for the recomputation.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+_ACTIVE = threading.local()
+
+
+class LayerStash:
+    """The stashed Linear outputs of one decoder-layer call: recorded in forward, replayed in backward."""
+
+    def __init__(self):
+        self.outputs: dict[int, torch.Tensor] = {}          # id(Linear module) -> its output
+        self.replaying = False
+
+    def linear(self, module, x: torch.Tensor) -> torch.Tensor:
+        if not self.replaying:
+            output = _FrozenLinear.apply(x, module.weight, module.bias)      # saves nothing, as the replay
+            self.outputs[id(module)] = output.detach()
+            return output
+        kept = self.outputs.get(id(module))
+        if kept is None:
+            raise RuntimeError("fastmma layer recomputation: a stashed Linear ran in backward without a kept output "
+                               "(the layer's output node did not run first); disable MMAConfig.recompute_attention")
+        return _ReplayedLinear.apply(x, module.weight, kept)
+
+    @contextmanager
+    def active(self):
+        previous = getattr(_ACTIVE, "stash", None)
+        _ACTIVE.stash = self
+        try:
+            yield
+        finally:
+            _ACTIVE.stash = previous
+
+
+def active_stash() -> LayerStash | None:
+    return getattr(_ACTIVE, "stash", None)
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """F.linear with a frozen weight that saves nothing through saved-tensor hooks: dx = dy @ W.
+
+    The weight is a frozen parameter, held on ctx rather than saved (there is nothing to recompute).
+    Under autocast (a bf16 output from an fp32 weight) the backward GEMM casts the weight to the
+    gradient's dtype, as autograd's mm backward does with the cast weight it saved.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.weight = weight
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _input_grad(ctx, grad_output), None, None
+
+
+class _ReplayedLinear(torch.autograd.Function):
+    """y = x @ W.T with y already known (the forward's kept output); backward gives dx = dy @ W only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, kept_output):
+        ctx.weight = weight
+        return kept_output.view_as(kept_output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return _input_grad(ctx, grad_output), None, None
+
+
+def _input_grad(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+    weight = ctx.weight
+    if grad_output.dtype != weight.dtype:               # autocast: the GEMM ran in the lower precision
+        weight = weight.to(grad_output.dtype)
+    return grad_output @ weight
+
+
+def frozen_linear(module, x: torch.Tensor) -> torch.Tensor:
+    if module.weight.requires_grad or (module.bias is not None and module.bias.requires_grad):
+        return F.linear(x, module.weight, module.bias)
+    return _FrozenLinear.apply(x, module.weight, module.bias)
+
+
+class _KeepStash(torch.autograd.Function):
+    """Identity on the layer output that holds the stash's tensors as saved tensors until backward."""
+
+    @staticmethod
+    def forward(ctx, stash, output, *kept):
+        ctx.stash = stash
+        ctx.keys = list(stash.outputs)
+        ctx.save_for_backward(*kept)
+        stash.outputs = {}                         # from here on the graph holds them
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        ctx.stash.outputs = dict(zip(ctx.keys, ctx.saved_tensors))
+        ctx.stash.replaying = True
+        return (None, grad_output) + (None,) * len(ctx.keys)
+
+
+def recompute_layer(forward, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """forward(hidden_states, *args, **kwargs) keeping only its input and the stashed Linear outputs."""
+    stash = LayerStash()
+
+    def run(*run_args, **run_kwargs):
+        if stash.replaying and run_kwargs.get("past_key_values") is not None:
+            run_kwargs = dict(run_kwargs, past_key_values=None)    # the cache already holds this call's k, v
+        with stash.active():
+            return forward(*run_args, **run_kwargs)
+
+    output = checkpoint(run, hidden_states, *args, use_reentrant=False, **kwargs)
+    if not torch.is_tensor(output):
+        raise TypeError(f"fastmma layer recomputation expects the decoder layer to return a tensor; got "
+                        f"{type(output).__name__} (this transformers version); disable MMAConfig.recompute_attention")
+    return _KeepStash.apply(stash, output, *stash.outputs.values())

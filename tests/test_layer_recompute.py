@@ -1,0 +1,96 @@
+"""MMAConfig.recompute_attention: the recomputing decoder layer gives the same losses and gradients as the
+plain patched layer (it replays the kept GEMM outputs and recomputes the rest), in every family and dtype."""
+import copy
+
+import pytest
+import torch
+
+import fastmma
+from fastmma.memory.layer_recompute import LayerStash
+
+from .helpers import randomize_adapters, tiny_causal_lm
+
+
+def _pair(family="llama", dtype=torch.float32, **config):
+    """(plain, recomputing): the same base and adapters, recompute_attention off and on."""
+    base = tiny_causal_lm(family, dtype=dtype, num_hidden_layers=3)
+    models = [fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(recompute_attention=flag, **config))
+              for flag in (False, True)]
+    for model in models:
+        randomize_adapters(model, std=0.05)
+        model.train()
+    return models
+
+
+def _loss_and_grads(model, ids, labels, seed=0, autocast=False, **kwargs):
+    model.zero_grad(set_to_none=True)
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()       # the gradient reaches the input too
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(inputs_embeds=embeds, labels=labels, modality=torch.tensor([0, 1, 1]), **kwargs).loss
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in fastmma.adapter_parameters(model).items()}
+    grads["inputs_embeds"] = embeds.grad.clone()
+    return loss.detach(), grads
+
+
+def _inputs(seed=3):
+    ids = torch.randint(3, 97, (3, 13), generator=torch.Generator().manual_seed(seed))     # odd length
+    labels = ids.clone()
+    labels[:, :4] = -100
+    return ids, labels
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_recomputing_layers_give_the_plain_losses_and_gradients(family, dtype):
+    plain, recomputing = _pair(family, dtype, dropout=0.1)          # dropout: the replay must draw the same mask
+    ids, labels = _inputs()
+    loss, grads = _loss_and_grads(plain, ids, labels)
+    got_loss, got_grads = _loss_and_grads(recomputing, ids, labels)
+    # the replay reruns the same kernels on the same inputs: identical, not merely close
+    assert torch.equal(got_loss, loss)
+    assert grads.keys() == got_grads.keys() and len(grads) > 10
+    for name in grads:
+        assert torch.equal(got_grads[name], grads[name]), name
+        assert grads[name].abs().sum() > 0, name
+
+
+def test_recomputing_layers_under_bf16_autocast_and_with_a_kv_cache():
+    plain, recomputing = _pair()
+    ids, labels = _inputs(5)
+    for kwargs in ({}, {"use_cache": True}):
+        loss, grads = _loss_and_grads(plain, ids, labels, autocast=True, **kwargs)
+        got_loss, got_grads = _loss_and_grads(recomputing, ids, labels, autocast=True, **kwargs)
+        assert torch.equal(got_loss, loss)
+        for name in grads:
+            assert torch.equal(got_grads[name], grads[name]), name
+
+
+def test_recomputing_layers_over_ten_adamw_steps():
+    plain, recomputing = _pair(targets=("attn", "ffn"))
+    optimizers = [torch.optim.AdamW(fastmma.adapter_parameters(m).values(), lr=1e-3) for m in (plain, recomputing)]
+    for step in range(10):
+        ids, labels = _inputs(step)
+        results = [_loss_and_grads(model, ids, labels, seed=step) for model in (plain, recomputing)]
+        assert torch.equal(results[0][0], results[1][0])
+        for optimizer in optimizers:
+            optimizer.step()
+    for (name, p), (_, q) in zip(fastmma.adapter_parameters(plain).items(), fastmma.adapter_parameters(recomputing).items()):
+        assert torch.equal(p, q), name
+
+
+def test_generation_and_evaluation_do_not_recompute():
+    _, model = _pair()
+    ids, _ = _inputs()
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(ids[:1], max_new_tokens=4, do_sample=False, modality=0)
+    assert out.shape == (1, ids.shape[1] + 4)
+
+
+def test_a_replay_without_its_kept_output_names_the_switch():
+    stash = LayerStash()
+    stash.replaying = True
+    with pytest.raises(RuntimeError, match="recompute_attention"):
+        stash.linear(torch.nn.Linear(4, 4), torch.randn(2, 4))
