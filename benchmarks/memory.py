@@ -12,6 +12,8 @@ Variants (frozen base, backward through every layer):
   peft_lora_qv    PEFT LoRA r=8 (alpha 16, no dropout) on q_proj and v_proj, HF's loss (skipped without `peft`)
   fastmma         fastmma.patch(model, MMAConfig()) with its defaults (fused norm + adapter, lean RMSNorm,
                   recomputing SwiGLU, chunked LM head + loss)
+  fastmma_recompute_attention   MMAConfig(recompute_attention=True) (opt-in): each layer keeps its input,
+                  q, v, gate and up, and recomputes k, the attention and o_proj in backward
   fastmma_ckpt    the same + fastmma.checkpointing.enable_checkpointing (every decoder layer recomputed)
   fastmma_recompute_mlp   fastmma with MMAConfig(recompute_mlp=True) (opt-in): the MLP keeps only its input
                   and recomputes its gate and up projections in backward
@@ -52,6 +54,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import fastmma  # noqa: E402
 from fastmma.checkpointing import enable_checkpointing  # noqa: E402
 from fastmma.memory.estimate import estimate_memory  # noqa: E402
+from fastmma.ops import backend, cpp_swiglu  # noqa: E402
 from fastmma.memory.measure import decoder_layers, measure_saved_bytes, peak_bytes_during  # noqa: E402
 from fastmma.reference import LaVINAdapter  # noqa: E402
 from timing import interleaved, summary  # noqa: E402  (benchmarks/timing.py)
@@ -118,6 +121,7 @@ def peft_lora(base):
 
 
 RECOMPUTE_MLP = fastmma.MMAConfig(recompute_mlp=True)
+RECOMPUTE_ATTENTION = fastmma.MMAConfig(recompute_attention=True)
 
 
 def variant_builders(base, ids, lavin_linear_form: bool, embeds_for_all: bool):
@@ -149,6 +153,7 @@ def variant_builders(base, ids, lavin_linear_form: bool, embeds_for_all: bool):
     except ImportError:
         print("peft is not installed: skipping peft_lora_qv (pip install peft, or pip install -e .[bench])")
     builders["fastmma"] = patched(False)
+    builders["fastmma_recompute_attention"] = patched(False, RECOMPUTE_ATTENTION)
     builders["fastmma_ckpt"] = patched(True)
     builders["fastmma_recompute_mlp"] = patched(False, RECOMPUTE_MLP)
     return builders
@@ -212,6 +217,8 @@ def run_case(name, base, ids, lavin_linear_form, check_conv_form=False, embeds_f
     out["ratios"] = {
         "fastmma_over_lavin_style": lean / lavin, "fastmma_ckpt_over_lavin_style": ckpt / lavin,
         "fastmma_over_floor": lean / rows["hf_no_adapter"]["per_token_per_layer_bytes"],
+        "fastmma_recompute_attention_over_lavin_style":
+            rows["fastmma_recompute_attention"]["per_token_per_layer_bytes"] / lavin,
         "fastmma_recompute_mlp_over_lavin_style": rows["fastmma_recompute_mlp"]["per_token_per_layer_bytes"] / lavin,
         "fastmma_logits_peak_over_full_logits": rows["fastmma"]["logits_peak_bytes"] / full_logits,
         "fastmma_head_loss_peak_over_full_logits": rows["fastmma"]["peak_loss_bytes"] / full_logits,
@@ -219,6 +226,7 @@ def run_case(name, base, ids, lavin_linear_form, check_conv_form=False, embeds_f
     }
     out["estimate_vs_measured"] = {}
     for variant, checkpointing, mma_config in (("fastmma", False, fastmma.MMAConfig()),
+                                               ("fastmma_recompute_attention", False, RECOMPUTE_ATTENTION),
                                                ("fastmma_ckpt", True, fastmma.MMAConfig()),
                                                ("fastmma_recompute_mlp", False, RECOMPUTE_MLP)):
         estimate = estimate_memory(config, ids.shape[0], ids.shape[1], dtype, checkpointing, mma_config,
@@ -325,7 +333,7 @@ def peak_training_memory(model, kwargs, ids, checkpointing) -> dict:
     _, dynamic = peak_bytes_during(step)
     dtype = model.get_input_embeddings().weight.dtype
     estimate = estimate_memory(model.config, ids.shape[0], ids.shape[1], dtype, checkpointing, fastmma.MMAConfig(),
-                               gpu_overhead=False)
+                               gpu_overhead=False, fused_swiglu=backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu"))
     measured = static + dynamic
     return {"measured_peak_bytes": measured, "measured_static_bytes": static,
             "estimated_peak_allocated_bytes": estimate.peak_allocated_bytes,
@@ -372,6 +380,14 @@ TARGETS = (
     ("7B layer: fastmma+checkpointing / LaVIN-style saved bytes", "llama7b", ("ratios", "fastmma_ckpt_over_lavin_style"), 0.1),
     ("SmolLM2: fastmma+checkpointing step time / no-adapter floor", "smollm2",
      ("step_time", "ratios", "fastmma_ckpt_over_floor"), 1.4),
+    ("SmolLM2: fastmma(recompute_attention) / LaVIN-style saved bytes (opt-in)", "smollm2",
+     ("ratios", "fastmma_recompute_attention_over_lavin_style"), 0.5),
+    ("7B layer: fastmma(recompute_attention) / LaVIN-style saved bytes (opt-in)", "llama7b",
+     ("ratios", "fastmma_recompute_attention_over_lavin_style"), 0.5),
+    ("7B layer: fastmma(recompute_attention) KB per token per layer (opt-in)", "llama7b",
+     ("variants", "fastmma_recompute_attention", "kb_per_token_per_layer"), 78.0),
+    ("SmolLM2: fastmma(recompute_attention) step time / no-adapter floor (opt-in)", "smollm2",
+     ("step_time", "ratios", "fastmma_recompute_attention_over_floor"), 1.0),
     ("SmolLM2: fastmma(recompute_mlp) / LaVIN-style saved bytes (opt-in)", "smollm2",
      ("ratios", "fastmma_recompute_mlp_over_lavin_style"), 0.5),
     ("7B layer: fastmma(recompute_mlp) / LaVIN-style saved bytes (opt-in)", "llama7b",
@@ -409,7 +425,7 @@ def draw(results, path) -> None:
     for axis, (case_name, case) in zip(axes, cases):
         names = list(case["variants"])
         values = [case["variants"][n]["kb_per_token_per_layer"] for n in names]
-        bars = axis.bar(names, values, color=["#888", "#c44", "#c84", "#48c", "#4a4", "#4aa"][:len(names)])
+        bars = axis.bar(names, values, color=["#888", "#c44", "#c84", "#48c", "#8ac", "#4a4", "#4aa"][:len(names)])
         axis.bar_label(bars, fmt="%.1f", fontsize=8)
         axis.axhline(0.5 * case["variants"]["lavin_style"]["kb_per_token_per_layer"], ls="--", color="k", lw=0.8,
                      label="0.5x LaVIN-style (target)")

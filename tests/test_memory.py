@@ -79,7 +79,7 @@ def test_swiglu_matches_autograd_and_keeps_two_tensors():
 def test_ten_training_steps_match_the_plain_model(recompute_mlp):
     """Memory features on vs off: same losses and adapter gradients over 10 AdamW steps."""
     plain_config = fastmma.MMAConfig(targets=("attn", "ffn"), dropout=0.0, recompute_swiglu=False,
-                                     chunked_loss=False, recompute_attention=False)
+                                     chunked_loss=False)
     lean_config = fastmma.MMAConfig(targets=("attn", "ffn"), dropout=0.0, recompute_mlp=recompute_mlp)
     base = tiny_causal_lm("llama")
     models = [fastmma.patch(copy.deepcopy(base), c) for c in (plain_config, lean_config)]
@@ -146,11 +146,14 @@ def test_patch_swaps_the_plain_norms_and_the_mlp_and_unpatch_restores_them():
     assert type(layer.mlp).forward is not classes["model.layers.0.mlp"].forward                  # recomputing SwiGLU
     assert type(layer.post_attention_layernorm).forward is not classes["model.layers.0.post_attention_layernorm"].forward
     assert type(model.model.norm).forward is not classes["model.norm"].forward
-    assert type(layer).forward is not classes["model.layers.0"].forward                          # recomputing layer
     fastmma.unpatch(model)
     assert {name: type(module) for name, module in model.named_modules()} == classes
-    off = fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(recompute_norm=False, recompute_swiglu=False,
-                                                               recompute_attention=False))
+    recomputing = fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(recompute_attention=True))
+    assert type(recomputing.model.layers[0]).forward is not classes["model.layers.0"].forward
+    assert type(recomputing.model.layers[0].self_attn.q_proj).forward is not classes["model.layers.0.self_attn.q_proj"].forward
+    fastmma.unpatch(recomputing)
+    assert {name: type(module) for name, module in recomputing.named_modules()} == classes
+    off = fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(recompute_norm=False, recompute_swiglu=False))
     assert type(off.model.norm) is classes["model.norm"] and type(off.model.layers[0].mlp) is classes["model.layers.0.mlp"]
     assert type(off.model.layers[0]) is classes["model.layers.0"]
     assert type(off.model.layers[0].self_attn.q_proj) is classes["model.layers.0.self_attn.q_proj"]

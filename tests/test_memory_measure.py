@@ -131,7 +131,7 @@ def test_fastmma_keeps_less_than_hugging_face_and_no_logits():
     ids = torch.randint(3, 97, (B, L), generator=torch.Generator().manual_seed(0))
     embeds = base.get_input_embeddings()(ids).detach().requires_grad_()
     floor = measure_saved_bytes(base, lambda: base(inputs_embeds=embeds, labels=ids).loss, exclude=[embeds])
-    config = fastmma.MMAConfig(dropout=0.0, recompute_attention=False)         # the per-op savers alone
+    config = fastmma.MMAConfig(dropout=0.0)
     patched = fastmma.patch(copy.deepcopy(base), config).train()
     lean = measure_saved_bytes(patched, lambda: patched(ids, labels=ids, modality=0).loss)
     inter, hidden = base.config.intermediate_size, base.config.hidden_size
@@ -154,7 +154,8 @@ def test_fastmma_keeps_less_than_hugging_face_and_no_logits():
 
 
 def test_recomputing_layers_keep_their_input_q_v_gate_and_up():
-    patched = fastmma.patch(tiny_causal_lm("llama", num_hidden_layers=3), fastmma.MMAConfig()).train()
+    config = fastmma.MMAConfig(recompute_attention=True)
+    patched = fastmma.patch(tiny_causal_lm("llama", num_hidden_layers=3), config).train()
     ids = torch.randint(3, 97, (B, L), generator=torch.Generator().manual_seed(0))
     result = measure_saved_bytes(patched, lambda: patched(ids, labels=ids, modality=0).loss)
     config = patched.config

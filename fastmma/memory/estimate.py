@@ -29,7 +29,7 @@ intermediate; r adapter rank), what fastmma's layers keep with SDPA or flash-att
     with checkpointing          the layer input only: D*s (the rest is recomputed in backward)
 
 What a layer really keeps (`kept_per_token_per_layer`): the whole list above without recomputation;
-with `recompute_attention` (the default) its input, q, v, and gate and up: (D + H*hd + KV*hd + 2I)*s
+with `recompute_attention` (opt-in) its input, q, v, and gate and up: (D + H*hd + KV*hd + 2I)*s
 (without gate and up under `recompute_mlp`), the rest coming back while the layer runs backward; with
 checkpointing its input alone.
 

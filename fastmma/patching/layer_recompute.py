@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from ..memory.layer_recompute import active_stash, frozen_linear, recompute_layer
+from .class_swap import base_class, restore_forwards, swap_forward
 from .single_token import fsdp_wrapped
 
 _MARKER = "_fastmma_layer_recompute_base"
-_SUBCLASSES: dict[tuple[type, str], type] = {}
 STASHED_ATTENTION = ("q_proj", "v_proj")
 STASHED_MLP = ("gate_proj", "up_proj")
 
@@ -30,26 +30,14 @@ def use_layer_recompute(layer: nn.Module, mlp_attr: str | None, stash_mlp: bool 
     if stash_mlp:
         stashed += [getattr(mlp, name) for name in STASHED_MLP]
     for linear in stashed:
-        _swap(linear, "stashed", _stashed_forward)
-    _swap(mlp.down_proj, "frozen", _frozen_forward)
-    _swap(layer, "layer", _layer_forward)
+        swap_forward(linear, _MARKER, "stashed", _stashed_forward)
+    swap_forward(mlp.down_proj, _MARKER, "frozen", _frozen_forward)
+    swap_forward(layer, _MARKER, "layer", _layer_forward)
     return True
 
 
 def restore_layer_recompute(model: nn.Module) -> None:
-    for module in model.modules():
-        base = getattr(type(module), _MARKER, None)
-        if base is not None:
-            module.__class__ = base
-
-
-def _swap(module: nn.Module, kind: str, forward) -> None:
-    base = getattr(type(module), _MARKER, None) or type(module)
-    key = (base, kind)
-    if key not in _SUBCLASSES:
-        _SUBCLASSES[key] = type(base.__name__, (base,), {"forward": forward, _MARKER: base,
-                                                         "__module__": base.__module__})
-    module.__class__ = _SUBCLASSES[key]
+    restore_forwards(model, _MARKER)
 
 
 def _stashed_forward(self, x):
@@ -66,7 +54,7 @@ def _frozen_forward(self, x):
 
 
 def _layer_forward(self, hidden_states, *args, **kwargs):
-    base_forward = getattr(type(self), _MARKER).forward
+    base_forward = base_class(self, _MARKER).forward
     if not _recomputes(self, kwargs):
         return base_forward(self, hidden_states, *args, **kwargs)
     return recompute_layer(lambda *a, **k: base_forward(self, *a, **k), hidden_states, *args, **kwargs)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..memory import rms_norm
+from .class_swap import base_class, restore_forwards, swap_forward
 
-_SUBCLASSES: dict[type, type] = {}
 _MARKER = "_fastmma_lean_norm_base"
 
 
@@ -22,26 +22,17 @@ def is_llama_rms_norm(norm) -> bool:
 
 def use_lean_norm(norm: nn.Module) -> bool:
     """Swap `norm` to the input-and-rstd-only forward if it is a LLaMA-style RMSNorm; return whether it was."""
-    if getattr(type(norm), _MARKER, None) is not None:
+    if base_class(norm, _MARKER) is not None:
         return True
     if not is_llama_rms_norm(norm):
         return False
-    norm.__class__ = _subclass_for(type(norm))
+    swap_forward(norm, _MARKER, "lean", _lean_forward)
     return True
 
 
 def restore_norms(model: nn.Module) -> None:
-    for module in model.modules():
-        base = getattr(type(module), _MARKER, None)
-        if base is not None:
-            module.__class__ = base
+    restore_forwards(model, _MARKER)
 
 
-def _subclass_for(base: type) -> type:
-    if base not in _SUBCLASSES:
-        def forward(self, hidden_states):
-            return rms_norm(hidden_states, self.weight, self.variance_epsilon)
-
-        _SUBCLASSES[base] = type(base.__name__, (base,), {"forward": forward, _MARKER: base,
-                                                          "__module__": base.__module__})
-    return _SUBCLASSES[base]
+def _lean_forward(self, hidden_states):
+    return rms_norm(hidden_states, self.weight, self.variance_epsilon)
