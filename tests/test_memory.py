@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 import fastmma
 from fastmma.memory import chunked_linear_cross_entropy, swiglu
+from fastmma.memory.chunked_loss import default_chunk_tokens
+from fastmma.memory.measure import peak_bytes_during
 
 from .helpers import randomize_adapters, tiny_causal_lm
 
@@ -56,6 +58,25 @@ def test_chunked_loss_keeps_an_eighth_of_the_logits():
     _, kept = saved_bytes(lambda: chunked_linear_cross_entropy(hidden, head, labels))
     full_logits = 4 * 64 * 1000 * 4
     assert kept <= hidden.numel() * 4 + 1024 and kept <= full_logits / 8
+
+
+def test_default_chunks_stay_under_an_eighth_of_the_logits_and_are_not_tiny():
+    assert default_chunk_tokens(1024, torch.float32) == 103            # a tenth: fp32 logits straight from the GEMM
+    assert default_chunk_tokens(1024, torch.bfloat16) == 64            # a sixteenth: a bf16 copy exists briefly
+    assert default_chunk_tokens(7, torch.float32) == 7                 # a small batch is one chunk, not 7 GEMVs
+    assert default_chunk_tokens(100, torch.bfloat16) == 64
+    assert default_chunk_tokens(10 ** 6, torch.float32) == 1024
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_loss_peak_stays_under_an_eighth_of_the_full_logits(dtype):
+    tokens, vocab, dim = 1024, 4096, 16
+    hidden = torch.randn(tokens, dim, dtype=dtype, requires_grad=True)
+    head = torch.randn(vocab, dim, dtype=dtype)
+    labels = torch.randint(0, vocab, (1, tokens))
+    _, peak = peak_bytes_during(lambda: chunked_linear_cross_entropy(hidden[None], head, labels).backward())
+    full_fp32_logits = tokens * vocab * 4
+    assert full_fp32_logits / 16 < peak < full_fp32_logits / 8        # one chunk, in fp32 (and bf16), and small rest
 
 
 def test_swiglu_matches_autograd_and_keeps_two_tensors():

@@ -260,7 +260,7 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     outside = tokens * (2 * d * size + 4)                 # final norm input + rstd, chunked loss's gradient
     activations = layers_saved + constants + modality_pass + outside
 
-    chunk = default_chunk_tokens(tokens)
+    chunk = default_chunk_tokens(tokens, torch_dtype)
     logits_chunk = chunk * dims.vocab_size * (4 + (size if size < 4 else 0))
     layer_full = tokens * full_per_token
     recomputed = layer_full - tokens * kept_per_token            # what comes back while the layer runs backward
