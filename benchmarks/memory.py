@@ -29,6 +29,8 @@ in KB = 1000 bytes. Logits: the saved tensors whose last dimension is the vocabu
 memory allocated while the LM head and the loss run (a CPU memory profile) less the non-logits tensors
 they keep (the chunked loss's gradient [tokens, D]), against the full fp32 logits [B*L, vocab].
 Step time (SmolLM2): forward + loss + backward, variants interleaved step by step after warm-up.
+With --keep-freed-memory glibc keeps freed memory in the process (benchmarks/timing.py): no step then
+pays page faults for fresh memory, which otherwise weigh on the variants that allocate full logits.
 
     OMP_WAIT_POLICY=PASSIVE python3 benchmarks/memory.py --json memory.json --png memory.png
 """
@@ -57,7 +59,7 @@ from fastmma.memory.estimate import estimate_memory  # noqa: E402
 from fastmma.ops import backend, cpp_swiglu  # noqa: E402
 from fastmma.memory.measure import decoder_layers, measure_saved_bytes, peak_bytes_during  # noqa: E402
 from fastmma.reference import LaVINAdapter  # noqa: E402
-from timing import interleaved, summary  # noqa: E402  (benchmarks/timing.py)
+from timing import interleaved, keep_freed_memory, summary  # noqa: E402  (benchmarks/timing.py)
 
 KB = 1000
 RANK, GROUPS, EXPERTS, SCALE, TEMPERATURE, DROPOUT = 8, 2, 2, 1.0, 10.0, 0.1
@@ -459,14 +461,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seq-len-7b", type=int, default=512)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc: keep freed memory in the process (no page faults for fresh memory in a step)")
     args = parser.parse_args(argv)
     if args.rounds < 10:
         parser.error("--rounds must be at least 10")
+    allocator = keep_freed_memory() if args.keep_freed_memory else "default (glibc returns large frees to the OS)"
     torch.set_num_threads(args.threads)
     started = time.time()
     results = {"date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
                f"{os.cpu_count()} CPUs", "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-               "torch": torch.__version__, "transformers": transformers.__version__,
+               "torch": torch.__version__, "transformers": transformers.__version__, "allocator": allocator,
                "command": "python3 " + " ".join(sys.argv), "kb": KB, "cases": {}}
     results["cases"]["smollm2"] = smollm2_case(args)
     if not args.skip_7b:

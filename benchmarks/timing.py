@@ -5,6 +5,8 @@ running one step of each per round, in rotating order, spreads the drift over al
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import statistics
 import time
 
@@ -35,3 +37,19 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
     ratios = [a / b for a, b in zip(numerator, denominator)]
     q1, median, q3 = statistics.quantiles(ratios, n=4)
     return dict(median=median, q1=q1, q3=q3, n=len(ratios))
+
+
+def keep_freed_memory() -> str:
+    """glibc malloc: keep freed memory in the process, so that no step pays page faults for fresh memory.
+
+    By default glibc serves large allocations (the [tokens, vocab] logits, ~200 MB at SmolLM2 B=4 L=256)
+    with fresh mmap'd pages and returns them to the OS when freed, so every step faults them in and
+    zeroes them again: a cost of the step on CPU that varies with the host's memory traffic, and that a
+    GPU caching allocator does not have. Raises SystemExit where mallopt is unavailable or refuses.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = getattr(libc, "mallopt", None)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if mallopt is None or not (mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 2 ** 31 - 1)):
+        raise SystemExit("--keep-freed-memory needs glibc's mallopt (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)")
+    return "glibc, freed memory kept (mallopt M_MMAP_THRESHOLD=1 GiB, M_TRIM_THRESHOLD=2 GiB)"
