@@ -44,6 +44,34 @@ def test_chunked_loss_matches_full_logits():
         torch.testing.assert_close(grad, 3.0 * expected_grad, rtol=1e-10, atol=1e-12)
 
 
+def test_chunked_loss_under_bf16_autocast_is_as_close_to_fp64_as_plain_autocast():
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 37, 24, generator=generator, dtype=torch.float64)
+    head = torch.randn(301, 24, generator=generator, dtype=torch.float64) * 0.3
+    labels = torch.randint(0, 301, (2, 37), generator=generator)
+    labels[1, :9] = -100
+
+    def full_logits_loss(h, w):
+        return F.cross_entropy((h @ w.t()).float()[:, :-1].reshape(-1, 301), labels[:, 1:].reshape(-1))
+
+    def loss_and_grad(loss_fn, dtype, autocast):
+        h = hidden.to(dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(h, head.to(dtype))
+        (grad,) = torch.autograd.grad(loss, h)
+        assert grad.dtype == dtype
+        return loss.double(), grad.double()
+
+    want_loss, want_grad = loss_and_grad(full_logits_loss, torch.float64, False)
+    plain_loss, plain_grad = loss_and_grad(full_logits_loss, torch.float32, True)
+    for chunk in (5, None):
+        got_loss, got_grad = loss_and_grad(lambda h, w: chunked_linear_cross_entropy(h, w, labels, chunk_tokens=chunk),
+                                           torch.float32, True)
+        assert (got_loss - want_loss).abs() <= 2 * (plain_loss - want_loss).abs() + 1e-6
+        assert (got_grad - want_grad).abs().max() <= 2 * (plain_grad - want_grad).abs().max() + 1e-6
+        assert (plain_grad - want_grad).abs().max() > 1e-5             # bf16 GEMMs really ran
+
+
 def test_chunked_loss_with_no_scored_token_is_zero():
     hidden = torch.randn(2, 5, 8, requires_grad=True)
     loss = chunked_linear_cross_entropy(hidden, torch.randn(20, 8), torch.full((2, 5), -100))

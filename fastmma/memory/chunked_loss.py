@@ -26,11 +26,17 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         loss_sum = torch.zeros((), dtype=compute, device=hidden.device)
         grad_hidden = torch.zeros_like(hidden)                                   # [N, D]
         scored_rows = (targets != IGNORE_INDEX).nonzero().squeeze(1)             # [S]
-        for start in range(0, scored_rows.shape[0], chunk_tokens):
-            rows = scored_rows[start:start + chunk_tokens]                       # [chunk]
-            grad_rows, chunk_loss = _chunk_loss_and_grad(hidden[rows], head_weight, targets[rows], compute)
-            loss_sum += chunk_loss
-            grad_hidden[rows] = (grad_rows / normalizer).to(grad_hidden.dtype)
+        # The GEMMs run in the dtype autocast would pick; the head is cast to it once here, not by
+        # autocast at each of the chunk's two GEMMs (a frozen weight's cast is not cached by autocast).
+        gemm_dtype = _head_output_dtype(hidden, head_weight)
+        head = head_weight.to(gemm_dtype)                                        # [V, D]
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, scored_rows.shape[0], chunk_tokens):
+                rows = scored_rows[start:start + chunk_tokens]                   # [chunk]
+                grad_rows, chunk_loss = _chunk_loss_and_grad(hidden[rows].to(gemm_dtype), head, targets[rows],
+                                                             compute)
+                loss_sum += chunk_loss
+                grad_hidden[rows] = (grad_rows / normalizer).to(grad_hidden.dtype)
         ctx.save_for_backward(grad_hidden)
         return loss_sum / normalizer
 
@@ -57,7 +63,7 @@ def _chunk_loss_and_grad(hidden_rows, head_weight, chunk_targets, compute):
     loss_sum = (sum_exp.log() + column_max - target_logits).sum()                   # -log softmax[target]
     grad_logits = logits.div_(sum_exp)                                               # softmax
     grad_logits.index_put_((chunk_targets, columns), torch.full_like(target_logits, -1.0), accumulate=True)
-    grad_rows = (head_weight.t() @ grad_logits.to(hidden_rows.dtype)).t()            # [chunk, D] (autocast: bf16)
+    grad_rows = (head_weight.t() @ grad_logits.to(head_weight.dtype)).t()            # [chunk, D] (autocast: bf16)
     return grad_rows, loss_sum
 
 
