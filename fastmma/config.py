@@ -30,6 +30,9 @@ class MMAConfig:
         [tokens, vocab] logits are never stored (the output's `logits` is then None).
     recompute_norm: the frozen RMSNorms without an adapter (and the final norm) keep only their
         input and rstd (not an fp32 copy of a bf16/fp16 input).
+    cache_autocast_weights: under autocast, each frozen Linear of the decoder layers keeps its weight
+        cast to the autocast dtype instead of casting it at every call (autocast caches only the casts
+        of weights that train); same results, one low-precision copy of those weights in memory.
     attn_implementation: "auto" (flash-attn 2 on CUDA in fp16/bf16 when `flash_attn` is installed,
         else SDPA), "keep" (the model's own), or "sdpa" / "eager" / "flash_attention_2".
     """
@@ -47,6 +50,7 @@ class MMAConfig:
     recompute_attention: bool = False
     chunked_loss: bool = True
     recompute_norm: bool = True
+    cache_autocast_weights: bool = True
     attn_implementation: str = "auto"
 
     def __post_init__(self):

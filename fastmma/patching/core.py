@@ -11,6 +11,7 @@ from ..config import MMAConfig
 from . import llama  # noqa: F401  (registers the LLaMA-layout families)
 from .methods import handler_for_config, handler_for_model
 from .attention import apply_attn_implementation, set_attn_implementation
+from .autocast_weights import restore_autocast_weights, use_autocast_weight_cache
 from .layer_recompute import restore_layer_recompute, use_layer_recompute
 from .lean_norm import restore_norms, use_lean_norm
 from .model_class import original_class, patched_class_for
@@ -103,6 +104,11 @@ def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
     final_norm = getattr(family.decoder(model), "norm", None)
     if config.recompute_norm and final_norm is not None:
         use_lean_norm(final_norm)
+    if config.cache_autocast_weights:
+        for layer in layers:
+            for module in layer.modules():
+                if isinstance(module, nn.Linear) and not module.weight.requires_grad:
+                    use_autocast_weight_cache(module)
 
     modality_embedding = nn.Embedding(config.num_modalities, hidden_size).to(device=device, dtype=torch.float32)
     model.add_module(MODALITY_EMBEDDING_NAME, modality_embedding)
@@ -134,6 +140,7 @@ def _restore_base(model: nn.Module, state: PatchState) -> None:
             restore_mlp(getattr(layer, state.family.mlp_attr))
     restore_norms(model)
     restore_layer_recompute(model)
+    restore_autocast_weights(model)
     if state.attn_implementation_before is not None:
         set_attn_implementation(model, state.attn_implementation_before)
     delattr(model, MODALITY_EMBEDDING_NAME)

@@ -1,0 +1,61 @@
+"""MMAConfig.cache_autocast_weights: frozen Linear weights cast once for autocast, not at every call.
+
+Autocast caches the low-precision copy of a weight only for leaf tensors that require grad, so with
+a frozen fp32 base under bf16 autocast every Linear call casts its whole weight again: the decoder's
+layers in the main pass, once more in the modality pass, for every step. Here a frozen `nn.Linear`
+keeps its cast copy (refreshed when the weight changes: new storage, dtype or in-place version) and
+runs the GEMM on it with autocast off, with the input and bias cast as autocast casts them: the same
+operands, the same result. Outside autocast, or with a weight that trains, the Linear runs as before.
+The copies are dropped by `restore_autocast_weights` (unpatch).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .class_swap import base_class, restore_forwards, swap_forward
+
+_MARKER = "_fastmma_autocast_weights_base"
+_CACHE = "_fastmma_autocast_weight"
+
+
+def use_autocast_weight_cache(linear: nn.Module) -> bool:
+    """Swap a plain `nn.Linear` (not already given another forward) to the caching forward."""
+    if type(linear) is not nn.Linear:
+        return False
+    swap_forward(linear, _MARKER, "cached", _cached_forward)
+    return True
+
+
+def restore_autocast_weights(model: nn.Module) -> None:
+    for module in model.modules():
+        if base_class(module, _MARKER) is not None and _CACHE in module.__dict__:
+            del module.__dict__[_CACHE]
+    restore_forwards(model, _MARKER)
+
+
+def _cached_forward(self, x):
+    device_type = x.device.type
+    weight = self.weight
+    if (not torch.is_autocast_enabled(device_type) or weight.requires_grad or
+            (self.bias is not None and self.bias.requires_grad)):
+        return nn.Linear.forward(self, x)
+    dtype = torch.get_autocast_dtype(device_type)
+    if weight.dtype in (dtype, torch.float64) or not weight.is_floating_point() or x.dtype == torch.float64:
+        return nn.Linear.forward(self, x)                # nothing to cast, or autocast leaves fp64 alone
+    cast_weight = _cast_weight(self, dtype)                                          # [out, in] in `dtype`
+    bias = None if self.bias is None else self.bias.to(dtype)
+    with torch.autocast(device_type, enabled=False):
+        return F.linear(x.to(dtype) if x.is_floating_point() else x, cast_weight, bias)
+
+
+def _cast_weight(linear: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    weight = linear.weight
+    key = (dtype, weight.device, weight.data_ptr(), weight._version)
+    cached = linear.__dict__.get(_CACHE)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, weight.detach().to(dtype))
+        linear.__dict__[_CACHE] = cached
+    return cached[1]
