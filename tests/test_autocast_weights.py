@@ -73,3 +73,12 @@ def test_unpatch_drops_the_cached_casts():
     fastmma.unpatch(model)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears and all(type(m) is nn.Linear and _CACHE not in m.__dict__ for m in linears)
+
+
+def test_a_weight_that_is_a_view_into_a_larger_buffer_is_not_copied():
+    _, model = _pair()
+    q_proj = model.model.layers[0].self_attn.q_proj
+    flat = torch.cat([q_proj.weight.detach().reshape(-1), torch.zeros(7)])           # as FSDP's flat parameters
+    q_proj.weight = nn.Parameter(flat[:q_proj.weight.numel()].view_as(q_proj.weight), requires_grad=False)
+    _loss_and_grads(model, *_inputs(5), autocast=True)
+    assert _CACHE not in q_proj.__dict__ and _CACHE in model.model.layers[0].self_attn.k_proj.__dict__

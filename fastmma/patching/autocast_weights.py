@@ -5,7 +5,8 @@ a frozen fp32 base under bf16 autocast every Linear call casts its whole weight 
 layers in the main pass, once more in the modality pass, for every step. Here a frozen `nn.Linear`
 keeps its cast copy (refreshed when the weight changes: new storage, dtype or in-place version) and
 runs the GEMM on it with autocast off, with the input and bias cast as autocast casts them: the same
-operands, the same result. Outside autocast, or with a weight that trains, the Linear runs as before.
+operands, the same result. Outside autocast, with a weight that trains, or one that is a view into a
+larger buffer or a DTensor (FSDP), the Linear runs as before.
 The copies are dropped by `restore_autocast_weights` (unpatch).
 """
 from __future__ import annotations
@@ -44,10 +45,18 @@ def _cached_forward(self, x):
     dtype = torch.get_autocast_dtype(device_type)
     if weight.dtype in (dtype, torch.float64) or not weight.is_floating_point() or x.dtype == torch.float64:
         return nn.Linear.forward(self, x)                # nothing to cast, or autocast leaves fp64 alone
+    if not _owns_its_storage(weight):
+        return nn.Linear.forward(self, x)                # sharded or gathered (FSDP): a copy would defeat it
     cast_weight = _cast_weight(self, dtype)                                          # [out, in] in `dtype`
     bias = None if self.bias is None else self.bias.to(dtype)
     with torch.autocast(device_type, enabled=False):
         return F.linear(x.to(dtype) if x.is_floating_point() else x, cast_weight, bias)
+
+
+def _owns_its_storage(weight: torch.Tensor) -> bool:
+    """A plain tensor that is not a view into a larger buffer (FSDP's flat parameters) nor a DTensor."""
+    return type(weight) in (torch.Tensor, nn.Parameter) and \
+        weight.untyped_storage().nbytes() == weight.numel() * weight.element_size()
 
 
 def _cast_weight(linear: nn.Module, dtype: torch.dtype) -> torch.Tensor:
