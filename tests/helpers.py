@@ -1,6 +1,8 @@
 """Shared test utilities: tiny random models, adapter randomisation, tolerance rule."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM)
@@ -23,6 +25,17 @@ def tiny_causal_lm(family: str = "llama", dtype=torch.float32, seed: int = 0, **
     torch.manual_seed(seed)
     config = config_class(**{**TINY_DIMS, **overrides})
     return model_class(config).to(dtype).eval()
+
+
+def patched_pair(switch: str, family: str = "llama", dtype=torch.float32, **config):
+    """Two patched copies of one 3-layer tiny model with the same random adapters, in training mode:
+    MMAConfig field `switch` False in the first, True in the second (other fields from `config`)."""
+    base = tiny_causal_lm(family, dtype=dtype, num_hidden_layers=3)
+    models = [fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(**{switch: flag}, **config)) for flag in (False, True)]
+    for model in models:
+        randomize_adapters(model, std=0.05)
+        model.train()
+    return models
 
 
 def randomize_adapters(model, std: float = 0.2, seed: int = 1) -> None:

@@ -1,6 +1,5 @@
 """MMAConfig.cache_autocast_weights: frozen Linear weights cast once under autocast give the same losses and
 gradients as autocast's cast at every call, follow in-place weight changes, and go away with unpatch."""
-import copy
 
 import pytest
 import torch
@@ -9,18 +8,12 @@ from torch import nn
 import fastmma
 from fastmma.patching.autocast_weights import _CACHE
 
-from .helpers import randomize_adapters, tiny_causal_lm
+from .helpers import patched_pair
 
 
 def _pair(family="llama", **config):
     """(casting at every call, caching): the same fp32 base and adapters."""
-    base = tiny_causal_lm(family, num_hidden_layers=3)
-    models = [fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(cache_autocast_weights=flag, **config))
-              for flag in (False, True)]
-    for model in models:
-        randomize_adapters(model, std=0.05)
-        model.train()
-    return models
+    return patched_pair("cache_autocast_weights", family, **config)
 
 
 def _loss_and_grads(model, ids, labels, autocast, seed=0):

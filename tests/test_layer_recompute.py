@@ -1,6 +1,5 @@
 """MMAConfig.recompute_attention: the recomputing decoder layer gives the same losses and gradients as the
 plain patched layer (it replays the kept GEMM outputs and recomputes the rest), in every family and dtype."""
-import copy
 
 import pytest
 import torch
@@ -8,18 +7,12 @@ import torch
 import fastmma
 from fastmma.memory.layer_recompute import LayerStash
 
-from .helpers import randomize_adapters, tiny_causal_lm
+from .helpers import patched_pair
 
 
 def _pair(family="llama", dtype=torch.float32, **config):
     """(plain, recomputing): the same base and adapters, recompute_attention off and on."""
-    base = tiny_causal_lm(family, dtype=dtype, num_hidden_layers=3)
-    models = [fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(recompute_attention=flag, **config))
-              for flag in (False, True)]
-    for model in models:
-        randomize_adapters(model, std=0.05)
-        model.train()
-    return models
+    return patched_pair("recompute_attention", family, dtype, **config)
 
 
 def _loss_and_grads(model, ids, labels, seed=0, autocast=False, **kwargs):
