@@ -197,6 +197,7 @@ def test_patch_swaps_the_plain_norms_and_the_mlp_and_unpatch_restores_them():
     assert type(layer.mlp).forward is not classes["model.layers.0.mlp"].forward                  # recomputing SwiGLU
     assert type(layer.post_attention_layernorm).forward is not classes["model.layers.0.post_attention_layernorm"].forward
     assert type(model.model.norm).forward is not classes["model.norm"].forward
+    assert type(layer.self_attn.k_proj).forward is not classes["model.layers.0.self_attn.k_proj"].forward  # cast cache
     fastmma.unpatch(model)
     assert {name: type(module) for name, module in model.named_modules()} == classes
     recomputing = fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(recompute_attention=True))
@@ -204,7 +205,8 @@ def test_patch_swaps_the_plain_norms_and_the_mlp_and_unpatch_restores_them():
     assert type(recomputing.model.layers[0].self_attn.q_proj).forward is not classes["model.layers.0.self_attn.q_proj"].forward
     fastmma.unpatch(recomputing)
     assert {name: type(module) for name, module in recomputing.named_modules()} == classes
-    off = fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(recompute_norm=False, recompute_swiglu=False))
+    off = fastmma.patch(copy.deepcopy(base), fastmma.MMAConfig(recompute_norm=False, recompute_swiglu=False,
+                                                                cache_autocast_weights=False))
     assert type(off.model.norm) is classes["model.norm"] and type(off.model.layers[0].mlp) is classes["model.layers.0.mlp"]
     assert type(off.model.layers[0]) is classes["model.layers.0"]
     assert type(off.model.layers[0].self_attn.q_proj) is classes["model.layers.0.self_attn.q_proj"]

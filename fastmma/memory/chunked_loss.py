@@ -90,14 +90,15 @@ CHUNK_ALIGN = 16
 
 
 def _head_output_dtype(hidden: torch.Tensor, head_weight: torch.Tensor) -> torch.dtype:
-    """The dtype the head's GEMM gives: autocast's when it is on, else the promoted input dtype."""
+    """The dtype the head's GEMM gives: autocast's when it is on (it leaves fp64 alone), else the promoted one."""
     device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
+    promoted = torch.promote_types(hidden.dtype, head_weight.dtype)
+    if torch.is_autocast_enabled(device_type) and promoted != torch.float64:
         return torch.get_autocast_dtype(device_type)
-    return torch.promote_types(hidden.dtype, head_weight.dtype)
+    return promoted
 
 
-def default_chunk_tokens(tokens: int, hidden_dtype: torch.dtype = torch.float32) -> int:
+def default_chunk_tokens(tokens: int, logits_dtype: torch.dtype = torch.float32) -> int:
     """Rows per chunk when none is given.
 
     A tenth of the tokens when the head's GEMM gives fp32 logits, a sixteenth when it gives 16-bit ones (the
@@ -106,7 +107,7 @@ def default_chunk_tokens(tokens: int, hidden_dtype: torch.dtype = torch.float32)
     [V, D] head, so one-row chunks of a small batch would be a GEMV each; wider chunks also run both
     GEMMs faster (on CPU, 64-row chunks cost ~15% more than 128-row ones at D=576, V=49152).
     """
-    share = 10 if torch.finfo(hidden_dtype).bits >= 32 else 16
+    share = 10 if torch.finfo(logits_dtype).bits >= 32 else 16
     rows = math.ceil(tokens / share)
     if rows > CHUNK_ALIGN:
         rows -= rows % CHUNK_ALIGN            # whole 16-row blocks: 103 rows ran both GEMMs ~25% slower than 96 on CPU
