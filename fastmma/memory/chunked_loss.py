@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..autocast import autocast_dtype
+
 IGNORE_INDEX = -100
 
 
@@ -90,12 +92,9 @@ CHUNK_ALIGN = 16
 
 
 def _head_output_dtype(hidden: torch.Tensor, head_weight: torch.Tensor) -> torch.dtype:
-    """The dtype the head's GEMM gives: autocast's when it is on (it leaves fp64 alone), else the promoted one."""
-    device_type = hidden.device.type
-    promoted = torch.promote_types(hidden.dtype, head_weight.dtype)
-    if torch.is_autocast_enabled(device_type) and promoted != torch.float64:
-        return torch.get_autocast_dtype(device_type)
-    return promoted
+    """The dtype the head's GEMM gives: autocast's when it casts these operands, else the promoted one."""
+    return autocast_dtype(hidden.device.type, hidden.dtype, head_weight.dtype) or \
+        torch.promote_types(hidden.dtype, head_weight.dtype)
 
 
 def default_chunk_tokens(tokens: int, logits_dtype: torch.dtype = torch.float32) -> int:

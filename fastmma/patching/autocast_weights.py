@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..autocast import autocast_dtype
 from .class_swap import base_class, restore_forwards, swap_forward
 
 _MARKER = "_fastmma_autocast_weights_base"
@@ -37,20 +38,22 @@ def restore_autocast_weights(model: nn.Module) -> None:
 
 
 def _cached_forward(self, x):
-    device_type = x.device.type
-    weight = self.weight
-    if (not torch.is_autocast_enabled(device_type) or weight.requires_grad or
-            (self.bias is not None and self.bias.requires_grad)):
+    dtype = _cast_dtype(self, x)
+    if dtype is None:
         return nn.Linear.forward(self, x)
-    dtype = torch.get_autocast_dtype(device_type)
-    if weight.dtype in (dtype, torch.float64) or not weight.is_floating_point() or x.dtype == torch.float64:
-        return nn.Linear.forward(self, x)                # nothing to cast, or autocast leaves fp64 alone
-    if not _owns_its_storage(weight):
-        return nn.Linear.forward(self, x)                # sharded or gathered (FSDP): a copy would defeat it
-    cast_weight = _cast_weight(self, dtype)                                          # [out, in] in `dtype`
     bias = None if self.bias is None else self.bias.to(dtype)
-    with torch.autocast(device_type, enabled=False):
-        return F.linear(x.to(dtype) if x.is_floating_point() else x, cast_weight, bias)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.to(dtype), _cast_weight(self, dtype), bias)
+
+
+def _cast_dtype(linear: nn.Module, x: torch.Tensor) -> torch.dtype | None:
+    """The dtype to run in from the cached copy, or None to run the Linear as it is: autocast off or
+    leaving these operands alone, nothing to cast, a weight that trains, or one FSDP shards or gathers."""
+    weight, bias = linear.weight, linear.bias
+    dtype = autocast_dtype(x.device.type, x.dtype, weight.dtype)
+    if dtype is None or weight.dtype == dtype or weight.requires_grad or (bias is not None and bias.requires_grad):
+        return None
+    return dtype if _owns_its_storage(weight) else None
 
 
 def _owns_its_storage(weight: torch.Tensor) -> bool:
@@ -64,7 +67,6 @@ def _cast_weight(linear: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     key = (dtype, weight.device, weight.data_ptr(), weight._version)
     cached = linear.__dict__.get(_CACHE)
     if cached is None or cached[0] != key:
-        with torch.no_grad():
-            cached = (key, weight.detach().to(dtype))
+        cached = (key, weight.detach().to(dtype))
         linear.__dict__[_CACHE] = cached
     return cached[1]
