@@ -55,6 +55,7 @@ class TrainConfig:
     max_grad_norm: float | None = None
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    checkpoint_every_n_layers: int = 1     # with gradient_checkpointing: recompute layers 0, n, 2n, ... only
     offload_checkpoints: bool = False     # keep checkpointed layer inputs in CPU memory (CUDA; a no-op on CPU)
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -72,6 +73,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision={self.precision!r}; choose one of {PRECISIONS}")
         if self.on_bad_sample not in ("error", "skip"):
             raise ValueError(f"TrainConfig.on_bad_sample={self.on_bad_sample!r}; choose 'error' or 'skip'")
+        if isinstance(self.checkpoint_every_n_layers, bool) or not isinstance(self.checkpoint_every_n_layers, int) \
+                or self.checkpoint_every_n_layers < 1:
+            raise ValueError(f"TrainConfig.checkpoint_every_n_layers={self.checkpoint_every_n_layers!r} must be a "
+                             f"positive integer (1 = every layer)")
         if self.offload_checkpoints and not self.gradient_checkpointing:
             raise ValueError("TrainConfig.offload_checkpoints=True offloads the inputs that gradient checkpointing "
                              "keeps; set gradient_checkpointing=True too (or offload_checkpoints=False)")
@@ -114,7 +119,8 @@ def train(model, samples: list[VLSample], config: TrainConfig, resume: bool = Tr
         state = load_checkpoint(checkpoint, model, optimizer)
         if main_process:
             print(f"resuming from {checkpoint} at step {state.step}/{total_steps}")
-    _set_checkpointing(model, config.gradient_checkpointing, config.offload_checkpoints)
+    _set_checkpointing(model, config.gradient_checkpointing, config.offload_checkpoints,
+                       config.checkpoint_every_n_layers)
     runner = distributed.wrap_ddp(model) if distributed.is_distributed() else model
 
     model.train()
@@ -234,8 +240,8 @@ def _set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _set_checkpointing(model, enabled: bool, offload: bool = False) -> None:
+def _set_checkpointing(model, enabled: bool, offload: bool = False, every_n_layers: int = 1) -> None:
     if enabled:
-        enable_checkpointing(model.llm, offload=offload)
+        enable_checkpointing(model.llm, offload=offload, every_n_layers=every_n_layers)
     else:
         disable_checkpointing(model.llm)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up fastmma on a fresh machine: CPU PyTorch first (so nothing pulls a CUDA build),
+# Sets up fastmma on a fresh machine: torch==2.13.0 first when no torch is installed (from pip's
+# configured index: set PIP_INDEX_URL=https://download.pytorch.org/whl/cpu for the CPU-only build),
 # the default model's package, then fastmma itself with its C++ kernels.
 #   bash scripts/install.sh        # runtime (demo, training, generation)
 #   bash scripts/install.sh test   # plus the test and benchmark tools

@@ -111,17 +111,36 @@ def test_offload_is_a_no_op_on_cpu_and_passed_on_for_cuda(monkeypatch):
     assert seen == [False, False, True]
 
 
-def test_trainer_passes_offload_on(monkeypatch):
+def test_trainer_passes_offload_and_every_n_layers_on(monkeypatch):
     import importlib
 
     train_module = importlib.import_module("fastmma.train")      # `fastmma.train` is also the function
 
     calls = []
-    monkeypatch.setattr(train_module, "enable_checkpointing", lambda model, offload=False: calls.append(offload))
+    monkeypatch.setattr(train_module, "enable_checkpointing",
+                        lambda model, offload=False, every_n_layers=1: calls.append((offload, every_n_layers)))
 
     class Holder:
         llm = object()
 
     train_module._set_checkpointing(Holder(), True, True)
-    train_module._set_checkpointing(Holder(), True, False)
-    assert calls == [True, False]
+    train_module._set_checkpointing(Holder(), True, False, 3)
+    assert calls == [(True, 1), (False, 3)]
+    with pytest.raises(ValueError, match="checkpoint_every_n_layers"):
+        fastmma.TrainConfig(gradient_checkpointing=True, checkpoint_every_n_layers=0)
+
+
+def test_every_n_layers_without_transformers_support(monkeypatch):
+    """transformers releases whose activation_checkpointing_enable has no `every_n_layers`: the same layers."""
+    model = tiny_causal_lm("llama", num_hidden_layers=5).train()
+    plain_enable = type(model).activation_checkpointing_enable
+
+    def enable_without_every_n(self, activation_checkpointing_kwargs=None, offload=False):
+        return plain_enable(self, activation_checkpointing_kwargs, offload=offload)
+
+    monkeypatch.setattr(type(model), "activation_checkpointing_enable", enable_without_every_n)
+    ckpt.enable_checkpointing(model, every_n_layers=2)
+    assert ckpt.checkpointed_layers(model) == [0, 2, 4]
+    for bad in (0, -1, 1.5, True, None):
+        with pytest.raises(ValueError, match="every_n_layers must be a positive integer"):
+            ckpt.enable_checkpointing(model, every_n_layers=bad)

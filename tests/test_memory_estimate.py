@@ -84,6 +84,30 @@ def test_estimated_activations_match_the_measured_saved_bytes(dtype, kv_heads, c
     assert estimate.activation_bytes == pytest.approx(measured.total(), rel=0.10)
 
 
+@pytest.mark.parametrize("dtype,config", [(torch.float32, fastmma.MMAConfig()),
+                                          (torch.bfloat16, fastmma.MMAConfig(**LAYER_RECOMPUTE))])
+def test_checkpointing_every_other_layer_matches_the_measured_saved_bytes(dtype, config):
+    """Layers 0 and 2 of 3 keep their input alone, layer 1 what it keeps without checkpointing."""
+    batch, length = 2, 64
+    model = fastmma.patch(_tiny(dtype, 2), copy.deepcopy(config)).train()
+    enable_checkpointing(model, every_n_layers=2)
+    ids = torch.randint(0, 500, (batch, length), generator=torch.Generator().manual_seed(0))
+    measured = measure_saved_bytes(model, lambda: model(ids, labels=ids, modality=0).loss)
+    estimate = estimate_memory(model.config, batch, length, dtype, True, config, gpu_overhead=False, every_n_layers=2)
+    plain = estimate_memory(model.config, batch, length, dtype, False, config, gpu_overhead=False)
+    constant = 0 if config.recompute_attention else per_layer_constant_bytes(model_dims(model.config), batch, dtype,
+                                                                            config)
+    input_bytes = measured.tokens * model.config.hidden_size * dtype.itemsize
+    assert estimate.checkpointed_layers == 2
+    kept = plain.saved_per_token_per_layer_kept * measured.tokens + constant
+    assert 0 <= measured.layers[1].storage_bytes - kept <= 64          # + the shared modality ids [B]
+    assert measured.layers[2].storage_bytes == input_bytes
+    assert estimate.layers_saved_bytes == 2 * input_bytes + plain.saved_per_token_per_layer_kept * measured.tokens
+    assert estimate.activation_bytes == pytest.approx(measured.total(), rel=0.10)
+    full = estimate_memory(model.config, batch, length, dtype, True, config, gpu_overhead=False)
+    assert full.activation_bytes < estimate.activation_bytes < plain.activation_bytes
+
+
 def _static_bytes(model, optimizer):
     storages = {}
     tensors = [*model.parameters(), *model.buffers()]
@@ -94,17 +118,20 @@ def _static_bytes(model, optimizer):
 
 
 @pytest.mark.parametrize("dtype,checkpointing,config", [(torch.float32, False, None), (torch.bfloat16, False, None),
-                                                        (torch.float32, True, None),
+                                                        (torch.float32, True, None), (torch.float32, 2, None),
                                                         (torch.float32, False, fastmma.MMAConfig(**LAYER_RECOMPUTE)),
                                                         (torch.bfloat16, False, fastmma.MMAConfig(**LAYER_RECOMPUTE)),
                                                         (torch.float32, False, fastmma.MMAConfig(recompute_mlp=True)),
                                                         (torch.bfloat16, False, fastmma.MMAConfig(recompute_mlp=True))])
 def test_estimated_peak_matches_a_measured_training_step(dtype, checkpointing, config):
-    """Weights + AdamW states + the largest amount allocated during forward, backward and step (CPU profile)."""
+    """Weights + AdamW states + the largest amount allocated during forward, backward and step (CPU profile).
+
+    checkpointing: False, True (every layer) or n (every n-th layer)."""
+    every_n_layers = 1 if isinstance(checkpointing, bool) else checkpointing
     batch, length = 4, 128
     model = fastmma.patch(_tiny(dtype, 2, layers=4, hidden=256, inter=704, vocab=2000), config).train()
     if checkpointing:
-        enable_checkpointing(model)
+        enable_checkpointing(model, every_n_layers=every_n_layers)
     ids = torch.randint(0, 2000, (batch, length), generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -117,8 +144,8 @@ def test_estimated_peak_matches_a_measured_training_step(dtype, checkpointing, c
     _, dynamic = peak_bytes_during(step)
     measured = _static_bytes(model, optimizer) + dynamic
     fused_swiglu = backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu")      # the C++ kernel, as on this CPU
-    estimate = estimate_memory(model.config, batch, length, dtype, checkpointing, config, gpu_overhead=False,
-                               fused_swiglu=fused_swiglu)
+    estimate = estimate_memory(model.config, batch, length, dtype, bool(checkpointing), config, gpu_overhead=False,
+                               fused_swiglu=fused_swiglu, every_n_layers=every_n_layers)
     print(f"estimate / measured peak: {estimate.peak_allocated_bytes / measured:.3f}")
     assert estimate.peak_allocated_bytes == pytest.approx(measured, rel=0.05)
 
@@ -128,8 +155,12 @@ def test_memory_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "LaVIN's paper reports 33.9 GB" in out
     lines = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [(row[0], row[1], row[-1]) for row in lines] == [("1", "no", "yes"), ("1", "yes", "yes"),
-                                                            ("32", "no", "no"), ("32", "yes", "yes")]
+    assert [(row[0], " ".join(row[1:-5]), row[-1]) for row in lines] == [
+        ("1", "no", "yes"), ("1", "16 of 32", "yes"), ("1", "all", "yes"),
+        ("32", "no", "no"), ("32", "16 of 32", "no"), ("32", "all", "yes")]
+    assert main(["memory", "--model", "llama-7b", "--batch", "8", "--every-n-layers", "1"]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()] == \
+        ["no", "all"]
     config = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
               "vocab_size": 97, "model_type": "llama"}
     (tmp_path / "config.json").write_text(json.dumps(config))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastmma
-from fastmma.checkpointing import enable_checkpointing
+from fastmma.checkpointing import checkpointed_layers, enable_checkpointing
 from fastmma.reference import oracle_causal_lm_logits
 
 from .helpers import FAMILIES, randomize_adapters, relative_error, tiny_causal_lm
@@ -199,10 +199,12 @@ def test_gradients_reach_every_adapter_and_checkpointing_is_exact():
 
     plain = grads()
     assert all(g.abs().max() > 0 for g in plain.values()), [n for n, g in plain.items() if not g.abs().max() > 0]
-    enable_checkpointing(model)
-    checkpointed = grads()
-    for name in plain:
-        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
+    for every_n_layers in (1, 2):                   # every layer, then layers 0, 2, ... only
+        enable_checkpointing(model, every_n_layers=every_n_layers)
+        assert checkpointed_layers(model) == list(range(0, model.config.num_hidden_layers, every_n_layers))
+        checkpointed = grads()
+        for name in plain:
+            torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7)
 
 
 def test_dropout_only_in_training():

@@ -14,6 +14,8 @@ def add_memory_subcommand(commands) -> None:
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
     parser.add_argument("--dtype", default="bf16", help="dtype of the frozen base: bf16, fp16 or fp32")
     parser.add_argument("--gpu-gib", type=float, default=24.0, help="GPU memory to check the fit against (GiB)")
+    parser.add_argument("--every-n-layers", type=int, default=2,
+                        help="also show checkpointing of every n-th layer only (1: just none and all)")
     parser.add_argument("--adapter", default=None, help="MMAConfig fields as JSON, e.g. '{\"rank\": 16}'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=run_memory)
@@ -24,9 +26,10 @@ def run_memory(args) -> int:
     from .estimate import memory_table
 
     config = MMAConfig.from_dict(json.loads(args.adapter)) if args.adapter else MMAConfig()
-    if min(args.batch) < 1 or args.seq_len < 1:
-        raise ValueError("--batch and --seq-len must be positive")
-    rows = memory_table(args.model, args.batch, args.seq_len, args.dtype, config, gpu_gib=args.gpu_gib)
+    if min(args.batch) < 1 or args.seq_len < 1 or args.every_n_layers < 1:
+        raise ValueError("--batch, --seq-len and --every-n-layers must be positive")
+    rows = memory_table(args.model, args.batch, args.seq_len, args.dtype, config, gpu_gib=args.gpu_gib,
+                        every_n_layers=args.every_n_layers)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -35,10 +38,16 @@ def run_memory(args) -> int:
     print(f"{'batch':>5} {'checkpointing':>13} {'peak GiB':>9} {'weights':>8} {'activations':>11} "
           f"{'KB/token/layer':>14}  fits {args.gpu_gib:g} GiB")
     for row in rows:
-        print(f"{row['batch']:>5} {'yes' if row['checkpointing'] else 'no':>13} {row['peak_gib']:>9.1f} "
+        print(f"{row['batch']:>5} {_checkpointing_label(row):>13} {row['peak_gib']:>9.1f} "
               f"{row['weights_gib']:>8.1f} {row['activations_gib']:>11.1f} {row['saved_kb_per_token_per_layer']:>14.1f}"
               f"  {'yes' if row['fits'] else 'no'}")
     reported = LAVIN_REPORTED_GB.get(str(args.model).lower())
     if reported:
         print(f"(LaVIN's paper reports {reported} GB of training memory for this model)")
     return 0
+
+
+def _checkpointing_label(row: dict) -> str:
+    if not row["checkpointing"]:
+        return "no"
+    return "all" if row["every_n_layers"] == 1 else f"{row['checkpointed_layers']} of {row['num_layers']}"

@@ -8,7 +8,8 @@
   tokens, plus what is kept outside the layers (final norm input and rstd, the chunked loss's
   gradient [tokens, D]) and per-layer constants (the adapter's fp32 tables);
 - logits chunk: the chunked loss holds one [chunk, vocab] fp32 buffer (plus its `dtype` copy when the
-  model is not fp32), chunk = min(1024, ceil(tokens / 16)); it lives at the end of the forward;
+  model is not fp32), chunk = `chunked_loss.default_chunk_tokens` (a tenth of the tokens for an fp32 model,
+  a sixteenth otherwise); it lives at the end of the forward;
 - backward working set (an allowance): while one layer runs backward it holds gradients about as big as
   what it saved, plus two [tokens, D] gradients of the residual stream; with checkpointing the layer is
   first recomputed, so its full saved set comes back as well (with recompute_attention, what it did not
@@ -26,7 +27,8 @@ intermediate; r adapter rank), what fastmma's layers keep with SDPA or flash-att
     plain norm (lean op)        x: D*s, rstd: 4          (recompute_norm=False and s < 4: x in fp32, 4D)
     attention (SDPA / flash)    q: H*hd*s, k and v: KV*hd*s each, output: H*hd*s, logsumexp: 4H
     SwiGLU MLP                  gate and up: 2I*s        (recompute_swiglu=False: 3I*s; recompute_mlp: D*s)
-    with checkpointing          the layer input only: D*s (the rest is recomputed in backward)
+    with checkpointing          the layer input only: D*s (the rest is recomputed in backward); with
+                                `every_n_layers=n` only layers 0, n, 2n, ... are checkpointed
 
 What a layer really keeps (`kept_per_token_per_layer`): the whole list above without recomputation;
 with `recompute_attention` (opt-in) its input, q, v, and gate and up: (D + H*hd + KV*hd + 2I)*s
@@ -207,11 +209,12 @@ class MemoryEstimate:
     seq_len: int
     dtype: str
     checkpointing: bool
+    checkpointed_layers: int                   # how many layers are recomputed (all, or every n-th)
     weights_bytes: int
     adapter_parameters: int
     adapter_state_bytes: int
     saved_per_token_per_layer: float           # bytes, no checkpointing
-    saved_per_token_per_layer_kept: float      # what each layer really keeps (the input only, when checkpointing)
+    saved_per_token_per_layer_kept: float      # what a layer really keeps, on average over the layers
     layers_saved_bytes: int
     outside_saved_bytes: int
     activation_bytes: int                      # layers + outside + per-layer constants + modality pass
@@ -231,7 +234,7 @@ class MemoryEstimate:
 
 def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16, checkpointing: bool = False,
                     config: MMAConfig | None = None, gpu_overhead: bool = True,
-                    fused_swiglu: bool = False) -> MemoryEstimate:
+                    fused_swiglu: bool = False, every_n_layers: int = 1) -> MemoryEstimate:
     """Predict peak training memory of fastmma for `batch` sequences of `seq_len` tokens (see module docstring).
 
     model_config: a transformers config (LlamaConfig, ...), a dict of its keys, a preset name
@@ -239,9 +242,13 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     dtype: the frozen base's dtype (torch dtype or "bf16"/"fp16"/"fp32"). config: the MMAConfig.
     gpu_overhead: add the CUDA context / workspaces and fragmentation allowance (False for CPU).
     fused_swiglu: the SwiGLU runs fastmma's fused kernel (CPU with the C++ extension), not autograd's ops.
+    every_n_layers: with checkpointing, only layers 0, n, 2n, ... are recomputed
+    (`enable_checkpointing(model, every_n_layers=n)`); the others keep what they keep without it.
     """
     if batch < 1 or seq_len < 1:
         raise ValueError(f"batch and seq_len must be positive; got {batch} and {seq_len}")
+    if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
+        raise ValueError(f"every_n_layers must be a positive integer (1 = every layer); got {every_n_layers!r}")
     dims = model_dims(model_config)
     config = config or MMAConfig()
     torch_dtype = dtype_of(dtype)
@@ -251,25 +258,21 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
 
     per_token = saved_per_token_per_layer(dims, torch_dtype, config)
     full_per_token = sum(per_token.values())
-    kept_per_token = kept_per_token_per_layer(dims, torch_dtype, config, checkpointing)
-    recomputes = kept_per_token != full_per_token
-    layers_saved = layers * tokens * kept_per_token
-    constants = 0 if recomputes else layers * per_layer_constant_bytes(dims, batch, torch_dtype, config)
+    checkpointed = -(-layers // every_n_layers) if checkpointing else 0           # layers 0, n, 2n, ...
+    plain_kept = kept_per_token_per_layer(dims, torch_dtype, config)              # the layers not checkpointed
+    layers_saved = tokens * (checkpointed * d * size + (layers - checkpointed) * plain_kept)
+    constants_kept = 0 if plain_kept != full_per_token else \
+        (layers - checkpointed) * per_layer_constant_bytes(dims, batch, torch_dtype, config)
     modality_pass = layers * config.num_modalities * full_per_token + \
         layers * per_layer_constant_bytes(dims, config.num_modalities, torch_dtype, config)
     outside = tokens * (2 * d * size + 4)                 # final norm input + rstd, chunked loss's gradient
-    activations = layers_saved + constants + modality_pass + outside
+    activations = layers_saved + constants_kept + modality_pass + outside
 
     chunk = default_chunk_tokens(tokens, torch_dtype)
     logits_chunk = chunk * dims.vocab_size * (4 + (size if size < 4 else 0))
-    layer_full = tokens * full_per_token
-    recomputed = layer_full - tokens * kept_per_token            # what comes back while the layer runs backward
-    if config.recompute_attention and not checkpointing:
-        # and the recomputed forward's temporaries: the SwiGLU product [tokens, I], the FFN norm's output and
-        # o_proj's output [tokens, D] (an allowance, measured on CPU)
-        recomputed += tokens * (dims.intermediate_size + 2 * d) * size
-    backward = _layer_backward_bytes(dims, config, tokens, size, layer_full, fused_swiglu) + \
-        2 * tokens * d * size + recomputed
+    plain_constant = constants_kept // max(1, layers - checkpointed)
+    backward = _backward_bytes(dims, config, tokens, size, full_per_token, (plain_kept, plain_constant),
+                               fused_swiglu, checkpointing, every_n_layers)
 
     weights = dims.base_parameters() * size
     sites = layers * len(config.targets)
@@ -284,12 +287,47 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
         getattr(model_config, "model_type", None) or "custom"
     return MemoryEstimate(
         model=str(name), batch=batch, seq_len=seq_len, dtype=str(torch_dtype).replace("torch.", ""),
-        checkpointing=checkpointing, weights_bytes=weights, adapter_parameters=adapter_parameters,
+        checkpointing=checkpointing, checkpointed_layers=checkpointed, weights_bytes=weights, adapter_parameters=adapter_parameters,
         adapter_state_bytes=adapter_states, saved_per_token_per_layer=full_per_token,
-        saved_per_token_per_layer_kept=kept_per_token, layers_saved_bytes=layers_saved,
+        saved_per_token_per_layer_kept=layers_saved / (tokens * layers), layers_saved_bytes=layers_saved,
         outside_saved_bytes=outside, activation_bytes=activations, logits_chunk_bytes=logits_chunk,
         backward_working_bytes=backward, overhead_bytes=overhead, peak_allocated_bytes=peak_allocated,
         peak_bytes=peak_allocated + overhead, breakdown=per_token)
+
+
+def _backward_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size: int, full_per_token: float,
+                    plain: tuple[float, int], fused_swiglu: bool, checkpointing: bool, every_n_layers: int) -> float:
+    """The most backward holds beyond the activations the forward left: backward runs the layers last to
+    first, each freeing what it kept, so while layer j runs the layers above it hold nothing any more; layer
+    j's working set is its gradients and what its recomputation brings back.
+
+    plain: (bytes per token, bytes per layer) that a layer not checkpointed keeps."""
+    d, layer_full = dims.hidden_size, tokens * full_per_token
+    plain_kept, plain_constant = plain
+    gradients = _layer_backward_bytes(dims, config, tokens, size, layer_full, fused_swiglu) + 2 * tokens * d * size
+    plain_layer = (tokens * plain_kept + plain_constant,
+                   gradients + _recomputed_bytes(dims, config, tokens, size, layer_full, plain_kept, False))
+    checkpointed_layer = (tokens * d * size,
+                          gradients + _recomputed_bytes(dims, config, tokens, size, layer_full, plain_kept, True))
+    backward, freed_above = 0, 0
+    for index in reversed(range(dims.num_hidden_layers)):
+        kept, working = checkpointed_layer if checkpointing and index % every_n_layers == 0 else plain_layer
+        backward = max(backward, working - freed_above)
+        freed_above += kept
+    return backward
+
+
+def _recomputed_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size: int, layer_full: float,
+                      plain_kept: float, checkpointed: bool) -> float:
+    """What comes back while one layer runs backward: a checkpointed layer's whole saved set less its input;
+    a `recompute_attention` layer's unkept tensors and its recomputed forward's temporaries, the SwiGLU
+    product [tokens, I], the FFN norm's output and o_proj's output [tokens, D] (an allowance, measured on
+    CPU); nothing for a layer that keeps everything."""
+    if checkpointed:
+        return layer_full - tokens * dims.hidden_size * size
+    if config.recompute_attention:
+        return layer_full - tokens * plain_kept + tokens * (dims.intermediate_size + 2 * dims.hidden_size) * size
+    return 0
 
 
 def _layer_backward_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size: int, layer_full: int,
@@ -305,13 +343,17 @@ def _layer_backward_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size:
 
 
 def memory_table(model_config, batches, seq_len: int, dtype=torch.bfloat16, config: MMAConfig | None = None,
-                 gpu_gib: float = 24.0) -> list[dict]:
-    """Rows for `fastmma memory`: each batch size without and with checkpointing (sizes in GiB)."""
+                 gpu_gib: float = 24.0, every_n_layers: int = 1) -> list[dict]:
+    """Rows for `fastmma memory`: each batch size without checkpointing, with every n-th layer checkpointed
+    (when n > 1) and with every layer checkpointed (sizes in GiB)."""
+    settings = [(False, 1)] + ([(True, every_n_layers)] if every_n_layers > 1 else []) + [(True, 1)]
     rows = []
     for batch in batches:
-        for checkpointing in (False, True):
-            estimate = estimate_memory(model_config, batch, seq_len, dtype, checkpointing, config)
+        for checkpointing, every in settings:
+            estimate = estimate_memory(model_config, batch, seq_len, dtype, checkpointing, config, every_n_layers=every)
             rows.append({"batch": batch, "seq_len": seq_len, "checkpointing": checkpointing,
+                         "every_n_layers": every, "checkpointed_layers": estimate.checkpointed_layers,
+                         "num_layers": model_dims(model_config).num_hidden_layers,
                          "peak_gib": estimate.peak_bytes / GIB, "weights_gib": estimate.weights_bytes / GIB,
                          "activations_gib": estimate.activation_bytes / GIB,
                          "saved_kb_per_token_per_layer": estimate.saved_per_token_per_layer_kept / 1000,
