@@ -13,6 +13,9 @@ from fastmma.cli import main
 from fastmma.memory.estimate import estimate_memory, model_dims, per_layer_constant_bytes, saved_per_token_per_layer
 from fastmma.memory.measure import measure_saved_bytes, peak_bytes_during
 
+TINY_CONFIG = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "vocab_size": 97, "model_type": "llama"}
+
 
 def test_presets_have_the_papers_parameter_counts():
     assert model_dims("llama-7b").base_parameters() == 6_738_415_616       # LLaMA-7B
@@ -161,12 +164,38 @@ def test_memory_command(tmp_path, capsys):
     assert main(["memory", "--model", "llama-7b", "--batch", "8", "--every-n-layers", "1"]) == 0
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()] == \
         ["no", "all"]
-    config = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "vocab_size": 97, "model_type": "llama"}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
     assert main(["memory", "--model", str(tmp_path), "--batch", "2", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    expected = estimate_memory(config, 2, 512, "bf16")
+    expected = estimate_memory(TINY_CONFIG, 2, 512, "bf16")
     assert rows[0]["peak_gib"] == pytest.approx(expected.peak_bytes / 2**30)
     assert main(["memory", "--model", str(tmp_path / "missing")]) == 2
     assert "neither a preset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: estimate_memory(None, 1, 8), TypeError, "model_config must be"),
+    (lambda: estimate_memory(123, 1, 8), TypeError, "model_config must be"),
+    (lambda: estimate_memory(dict(TINY_CONFIG, num_attention_heads=0), 1, 8), ValueError, "num_attention_heads=0"),
+    (lambda: estimate_memory(dict(TINY_CONFIG, hidden_size=-64), 1, 8), ValueError, "hidden_size=-64"),
+    (lambda: estimate_memory(TINY_CONFIG, 2.5, 8), ValueError, "batch must be a positive integer"),
+    (lambda: estimate_memory(TINY_CONFIG, 1, 0), ValueError, "seq_len must be a positive integer"),
+    (lambda: estimate_memory(TINY_CONFIG, 1, 8, dtype=torch.int8), ValueError, "not a training dtype"),
+    (lambda: estimate_memory(TINY_CONFIG, 1, 8, config={"rank": 4}), TypeError, "MMAConfig.from_dict"),
+    (lambda: estimate_memory(TINY_CONFIG, 1, 8, config=fastmma.MMAConfig(rank=9, groups=3)), ValueError, "groups"),
+    (lambda: estimate_memory(TINY_CONFIG, 1, 8, every_n_layers=0), ValueError, "every_n_layers"),
+])
+def test_estimate_rejects_bad_arguments_by_name(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_memory_command_rejects_bad_values(tmp_path, capsys):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert main(["memory", "--model", str(tmp_path / "list.json")]) == 2
+    assert "holds a JSON list" in capsys.readouterr().err
+    for gib in ("-3", "nan"):
+        assert main(["memory", "--model", "llama-7b", "--gpu-gib", gib]) == 2
+        assert "--gpu-gib must be a positive number" in capsys.readouterr().err
+    assert main(["memory", "--model", "llama-7b", "--adapter", '{"groups": 3, "rank": 9}']) == 2
+    assert "not divisible by groups=3" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 LAVIN_REPORTED_GB = {"llama-7b": 33.9, "llama-13b": 55.9}     # LaVIN paper's training memory
 
@@ -28,6 +29,8 @@ def run_memory(args) -> int:
     config = MMAConfig.from_dict(json.loads(args.adapter)) if args.adapter else MMAConfig()
     if min(args.batch) < 1 or args.seq_len < 1 or args.every_n_layers < 1:
         raise ValueError("--batch, --seq-len and --every-n-layers must be positive")
+    if not math.isfinite(args.gpu_gib) or args.gpu_gib <= 0:
+        raise ValueError(f"--gpu-gib must be a positive number of GiB; got {args.gpu_gib}")
     rows = memory_table(args.model, args.batch, args.seq_len, args.dtype, config, gpu_gib=args.gpu_gib,
                         every_n_layers=args.every_n_layers)
     if args.json:

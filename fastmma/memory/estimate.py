@@ -98,14 +98,21 @@ def model_dims(model_config) -> ModelDims:
         return model_config
     if isinstance(model_config, (str, Path)):
         model_config = _load_named(str(model_config))
-    values = model_config if isinstance(model_config, dict) else model_config.to_dict() \
-        if hasattr(model_config, "to_dict") else vars(model_config)
+    if isinstance(model_config, dict):
+        values = model_config
+    elif hasattr(model_config, "to_dict"):
+        values = model_config.to_dict()
+    else:
+        raise TypeError(f"model_config must be a transformers config, a dict of config.json keys, a preset name "
+                        f"({', '.join(PRESETS)}) or the path of a config.json; got {type(model_config).__name__}")
     values = dict(values.get("text_config") or {}, **{k: v for k, v in values.items() if k != "text_config"}) \
         if isinstance(values.get("text_config"), dict) else values
     missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                            "vocab_size") if values.get(k) is None]
     if missing:
         raise ValueError(f"the model config lacks {missing}; give a LLaMA-layout config (Llama, Mistral, Qwen2)")
+    _require_positive_ints(values, ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                    "vocab_size", "num_key_value_heads", "head_dim"))
     heads = int(values["num_attention_heads"])
     return ModelDims(
         hidden_size=int(values["hidden_size"]), intermediate_size=int(values["intermediate_size"]),
@@ -115,6 +122,13 @@ def model_dims(model_config) -> ModelDims:
         tie_word_embeddings=bool(values.get("tie_word_embeddings", False)),
         attention_bias=bool(values.get("attention_bias", False)) or values.get("model_type") == "qwen2",
         mlp_bias=bool(values.get("mlp_bias", False)))
+
+
+def _require_positive_ints(values: dict, keys) -> None:
+    for key in keys:
+        value = values.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"the model config's {key}={value!r} must be a positive integer")
 
 
 def _load_named(spec: str) -> dict:
@@ -128,13 +142,18 @@ def _load_named(spec: str) -> dict:
         raise FileNotFoundError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a config.json or a "
                                 f"folder holding one")
     try:
-        return json.loads(path.read_text())
+        values = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} holds a JSON {type(values).__name__}, not a config object")
+    return values
 
 
 def dtype_of(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
+        if dtype not in set(_DTYPES.values()):
+            raise ValueError(f"dtype {dtype} is not a training dtype; use fp32, bf16 or fp16")
         return dtype
     if str(dtype).lower() in _DTYPES:
         return _DTYPES[str(dtype).lower()]
@@ -245,12 +264,17 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     every_n_layers: with checkpointing, only layers 0, n, 2n, ... are recomputed
     (`enable_checkpointing(model, every_n_layers=n)`); the others keep what they keep without it.
     """
-    if batch < 1 or seq_len < 1:
-        raise ValueError(f"batch and seq_len must be positive; got {batch} and {seq_len}")
+    for name, value in (("batch", batch), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    if config is not None and not isinstance(config, MMAConfig):
+        raise TypeError(f"config must be an MMAConfig (MMAConfig.from_dict(...) for a dict); got "
+                        f"{type(config).__name__}")
     if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
         raise ValueError(f"every_n_layers must be a positive integer (1 = every layer); got {every_n_layers!r}")
     dims = model_dims(model_config)
     config = config or MMAConfig()
+    config.check_hidden_size(dims.hidden_size)
     torch_dtype = dtype_of(dtype)
     size = torch.empty((), dtype=torch_dtype).element_size()
     tokens = batch * seq_len
