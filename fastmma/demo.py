@@ -21,7 +21,7 @@ from .evaluate import accuracy_by, answer_perplexity, exact_match_accuracy
 from .lavin import LaVIN, LaVINConfig
 from .lavin.build import DEFAULT_SPEC, build_llm, build_vision, describe_vision
 from .plotting import save_loss_curve
-from .train import TrainConfig, train
+from .train import TrainConfig, check_output_folder, train
 
 
 @dataclass
@@ -65,6 +65,7 @@ def build_demo_model(spec: dict = DEFAULT_SPEC) -> LaVIN:
 def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict:
     settings = settings or DemoSettings()
     out_dir = Path(out_dir)
+    check_output_folder(out_dir, "the demo's output folder")
     print("building LaVIN: SmolLM2-135M-Instruct (embedded) + " + describe_vision(DEFAULT_SPEC["vision"]))
     model = build_demo_model()
     print(trainable_summary(model))

@@ -14,6 +14,7 @@ metrics; every rank resumes from them. Dropout is seeded per (step, rank).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -28,9 +29,73 @@ from .checkpointing import disable_checkpointing, enable_checkpointing
 from .data.samples import VLSample
 from .lavin.sequence import EncodedSample
 from .optim import build_optimizer, lavin_learning_rate, warmup_cosine_factor
-from .training_state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .training_state import (TrainState, latest_checkpoint, load_checkpoint, read_trainer_state,
+                             save_checkpoint)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+# TrainConfig fields a resumed run may change, because they do not change what training computes: where
+# files go and how often (out_dir, checkpoint_every, keep_checkpoints); what to do with an unusable sample
+# (on_bad_sample: a saved run with "error" met none, and "error" after "skip" stops at one instead of
+# training on other data); and memory/speed settings (micro_batch_size regroups the same gradient sum, up
+# to float rounding; activation checkpointing recomputes the same values). Every other field must match
+# the checkpoint's, including any field added later.
+RESUMABLE_CHANGES = frozenset({"out_dir", "checkpoint_every", "keep_checkpoints", "on_bad_sample",
+                               "micro_batch_size", "gradient_checkpointing", "checkpoint_every_n_layers",
+                               "offload_checkpoints"})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_int(value) -> bool:
+    return _is_int(value) and value >= 1
+
+
+def _positive_number(value) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _non_negative_int(value) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _non_negative_number(value) -> bool:
+    return _is_number(value) and value >= 0
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+def _betas(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(b) and 0 <= b < 1 for b in value)
+
+
+# field: (test of a valid value, what the value must be, whether None is allowed: it picks a default)
+FIELD_RULES = {
+    "steps": (_positive_int, "a positive integer (or None: `epochs` passes over the data)", True),
+    "epochs": (_positive_number, "a positive number", False),
+    "batch_size": (_positive_int, "a positive integer", False),
+    "micro_batch_size": (_positive_int, "a positive integer that divides batch_size (or None: batch_size)", True),
+    "lr": (_positive_number, "a positive number (or None: 9e-3 x batch_size / 256)", True),
+    "warmup_steps": (_non_negative_int, "an integer >= 0 (or None: 10% of the steps)", True),
+    "weight_decay": (_non_negative_number, "a number >= 0", False),
+    "betas": (_betas, "two numbers in [0, 1), e.g. [0.9, 0.95]", False),
+    "max_grad_norm": (_positive_number, "a positive number (or None: no clipping)", True),
+    "gradient_checkpointing": (_is_bool, "true or false", False),
+    "checkpoint_every_n_layers": (_positive_int, "a positive integer (1 = every layer)", False),
+    "offload_checkpoints": (_is_bool, "true or false", False),
+    "checkpoint_every": (_positive_int, "a positive integer", False),
+    "keep_checkpoints": (_positive_int, "a positive integer", False),
+    "max_length": (_positive_int, "a positive integer", False),
+    "seed": (_is_int, "an integer", False),
+}
 
 
 @dataclass
@@ -41,6 +106,7 @@ class TrainConfig:
     lr: None -> LaVIN's 9e-3 x batch_size / 256. warmup_steps: None -> 10% of the steps (LaVIN: 2 of 20 epochs).
     precision: fp32 | bf16 (autocast) | fp16 (CUDA only, with loss scaling).
     on_bad_sample: "error" stops at the first sample that cannot be used; "skip" drops it and reports the count.
+    Resuming from a checkpoint in out_dir needs its values of every field but those in RESUMABLE_CHANGES.
     """
 
     out_dir: str = "runs/lavin"
@@ -64,19 +130,19 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name, (valid, requirement, none_allowed) in FIELD_RULES.items():
+            value = getattr(self, name)
+            if not (value is None and none_allowed) and not valid(value):
+                raise ValueError(f"TrainConfig.{name}={value!r} must be {requirement}")
         self.betas = tuple(self.betas)
         micro = self.micro_batch_size or self.batch_size
-        if self.batch_size < 1 or micro < 1 or self.batch_size % micro:
+        if self.batch_size % micro:
             raise ValueError(f"TrainConfig.batch_size={self.batch_size} must be a positive multiple of "
                              f"micro_batch_size={micro}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision={self.precision!r}; choose one of {PRECISIONS}")
         if self.on_bad_sample not in ("error", "skip"):
             raise ValueError(f"TrainConfig.on_bad_sample={self.on_bad_sample!r}; choose 'error' or 'skip'")
-        if isinstance(self.checkpoint_every_n_layers, bool) or not isinstance(self.checkpoint_every_n_layers, int) \
-                or self.checkpoint_every_n_layers < 1:
-            raise ValueError(f"TrainConfig.checkpoint_every_n_layers={self.checkpoint_every_n_layers!r} must be a "
-                             f"positive integer (1 = every layer)")
         if self.offload_checkpoints and not self.gradient_checkpointing:
             raise ValueError("TrainConfig.offload_checkpoints=True offloads the inputs that gradient checkpointing "
                              "keeps; set gradient_checkpointing=True too (or offload_checkpoints=False)")
@@ -103,6 +169,7 @@ def train(model, samples: list[VLSample], config: TrainConfig, resume: bool = Tr
     model, samples and config, and `model` on the rank's device (fastmma.distributed.rank_device()).
     """
     distributed.check_divisible(config.batch_size, distributed.world_size(), what="TrainConfig.batch_size")
+    checkpoint = check_out_dir(config, resume)
     main_process = distributed.is_main_process()
     encoded, skipped = encode_all(model, samples, config)
     total_steps = config.steps or max(1, math.ceil(config.epochs * len(encoded) / config.batch_size))
@@ -112,7 +179,6 @@ def train(model, samples: list[VLSample], config: TrainConfig, resume: bool = Tr
     scaler = _grad_scaler(config, model)
     out_dir = Path(config.out_dir)
     state = TrainState(step=0, losses=[], log=[])
-    checkpoint = latest_checkpoint(out_dir) if resume else None
     if checkpoint is None and hasattr(model, "prepare_for_training"):
         model.prepare_for_training(samples)             # e.g. LaVIN's visual feature statistics
     if checkpoint is not None:
@@ -148,6 +214,37 @@ def train(model, samples: list[VLSample], config: TrainConfig, resume: bool = Tr
     if skipped and main_process:
         print(f"skipped {skipped} sample(s) that could not be used (on_bad_sample='skip')")
     return TrainResult(state.losses, skipped, time.perf_counter() - started, out_dir, state.log)
+
+
+def check_out_dir(config: TrainConfig, resume: bool = True) -> Path | None:
+    """Check, before any model is built, that out_dir can hold this run and that the checkpoint it would
+    resume from was trained with the same settings; return that checkpoint (None: start at step 0)."""
+    out_dir = Path(config.out_dir)
+    check_output_folder(out_dir, "TrainConfig.out_dir")
+    checkpoint = latest_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        _check_same_settings(read_trainer_state(checkpoint)["config"], config, checkpoint)
+    return checkpoint
+
+
+def check_output_folder(path: str | Path, what: str) -> None:
+    """Raise if `path` cannot be a folder to write into: it, or a folder above it, is an existing file."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be a folder: {existing} is an existing file; choose "
+                         f"another path or move the file away")
+
+
+def _check_same_settings(saved: dict, config: TrainConfig, checkpoint: Path) -> None:
+    now = json.loads(json.dumps(config.to_dict()))         # as saved: tuples become lists
+    ignored = RESUMABLE_CHANGES | ({"epochs"} if config.steps is not None else set())   # epochs: only without steps
+    differing = [f"{name} {saved[name]!r} saved vs {now[name]!r} now" for name in now
+                 if name not in ignored and name in saved and saved[name] != now[name]]
+    if differing:
+        raise ValueError(f"{checkpoint} was trained with other settings ({'; '.join(differing)}); resuming would "
+                         f"continue it with the new ones. Rerun with the saved settings, start over with "
+                         f"--no-resume (resume=False), or choose another out_dir")
 
 
 def encode_all(model, samples: list[VLSample], config: TrainConfig) -> tuple[list[EncodedSample], int]:

@@ -6,7 +6,8 @@ Layout of out_dir:
                              optimizer.safetensors (moment tensors), trainer_state.json (step, losses, groups)
     latest.json              {"checkpoint": "checkpoint-000050"}, replaced atomically after a checkpoint is complete
     metrics.json, loss.png   the log so far
-A checkpoint folder is written under a temporary name and renamed when complete.
+A checkpoint folder is written under a temporary name and renamed when complete; a folder of the same
+name is moved aside first and deleted only once the new one is in place.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import write_json_atomic
@@ -26,6 +28,7 @@ from .plotting import save_loss_curve
 LATEST = "latest.json"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.safetensors"
+STATE_FIELDS = {"step": int, "losses": list, "log": list, "param_groups": list, "config": dict}
 
 
 @dataclass
@@ -46,10 +49,7 @@ def save_checkpoint(out_dir: Path, model, optimizer, state: TrainState, config, 
         write_json_atomic(staging / TRAINER_STATE, {"step": state.step, "losses": state.losses, "log": state.log,
                                                     "param_groups": groups, "config": config.to_dict(),
                                                     "skipped_samples": skipped})
-        final = out_dir / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        _replace_folder(staging, out_dir / name)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
@@ -64,24 +64,82 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     pointer = Path(out_dir) / LATEST
     if not pointer.is_file():
         return None
-    try:
-        name = json.loads(pointer.read_text())["checkpoint"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{pointer} is unreadable ({err}); delete it to start over, or fix it to name a "
-                         f"checkpoint folder") from err
+    name = _checkpoint_name(pointer)
     path = Path(out_dir) / name
     if not (path / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"{pointer} names {name}, which is incomplete or missing")
+        raise FileNotFoundError(_damaged(pointer, f"names {name}, which is incomplete or missing"))
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer) -> TrainState:
-    from .serialization import ADAPTER_WEIGHTS, _copy_into, _read_tensors
+def read_trainer_state(path: Path) -> dict:
+    """The checkpoint's trainer_state.json, checked to hold what resuming needs (its "config": the TrainConfig)."""
+    file = Path(path) / TRAINER_STATE
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(_damaged(file, f"is unreadable ({err})")) from err
+    if not isinstance(saved, dict):
+        raise ValueError(_damaged(file, f"holds {type(saved).__name__}, not a JSON object"))
+    wrong = [name for name, kind in STATE_FIELDS.items() if not isinstance(saved.get(name), kind)]
+    if wrong:
+        raise ValueError(_damaged(file, f"lacks the field(s) {wrong} (or they have the wrong type)"))
+    return saved
 
-    saved = json.loads((path / TRAINER_STATE).read_text())
-    _copy_into(model.trainable_state(), _read_tensors(path / ADAPTER_WEIGHTS), path)
-    _load_optimizer(optimizer, load_file(str(path / OPTIMIZER_STATE)), saved["param_groups"])
+
+def load_checkpoint(path: Path, model, optimizer) -> TrainState:
+    from .serialization import ADAPTER_WEIGHTS, _copy_into
+
+    saved = read_trainer_state(path)
+    _copy_into(model.trainable_state(), _read_checkpoint_tensors(path / ADAPTER_WEIGHTS), path)
+    optimizer_file = path / OPTIMIZER_STATE
+    optimizer_tensors = _read_checkpoint_tensors(optimizer_file)
+    try:
+        _load_optimizer(optimizer, optimizer_tensors, saved["param_groups"])
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(_damaged(optimizer_file, f"does not fit this optimizer ({err})")) from err
     return TrainState(step=saved["step"], losses=saved["losses"], log=saved["log"])
+
+
+def _checkpoint_name(pointer: Path) -> str:
+    try:
+        pointed = json.loads(pointer.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(_damaged(pointer, f"is unreadable ({err})")) from err
+    name = pointed.get("checkpoint") if isinstance(pointed, dict) else None
+    if not isinstance(name, str) or not name.startswith("checkpoint-") or Path(name).name != name:
+        raise ValueError(_damaged(pointer, f'is unreadable: it must hold {{"checkpoint": "checkpoint-NNNNNN"}}, '
+                                           f"not {pointed!r}"))
+    return name
+
+
+def _read_checkpoint_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(_damaged(file, f"is missing or not a readable safetensors file ({err})")) from err
+
+
+def _damaged(file: Path, problem: str) -> str:
+    return (f"{file} {problem}; the checkpoint cannot be resumed. Start over with --no-resume (resume=False), or "
+            f"remove the damaged checkpoint (and point {LATEST} at an earlier checkpoint-* folder, if any)")
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Rename `new` to `final`. An existing `final` is moved aside, put back if the rename fails, and deleted
+    only once `new` is in place: a crash never leaves the name without a complete folder for longer than
+    between two renames."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    aside = final.with_name(f".{final.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:

@@ -1,5 +1,9 @@
 """The LaVIN training loop: learning, accumulation, exact resume, crash safety, bad input."""
 import json
+import os
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +11,7 @@ import torch
 from fastmma.data.samples import VLSample
 from fastmma.optim import parameter_groups, warmup_cosine_factor
 from fastmma.train import TrainConfig, batch_indices, train
-from fastmma.training_state import LATEST, latest_checkpoint
+from fastmma.training_state import LATEST, OPTIMIZER_STATE, TRAINER_STATE, latest_checkpoint
 
 from .lavin_helpers import solid_image, tiny_lavin
 
@@ -20,12 +24,12 @@ def colour_samples():
     return samples
 
 
-def run(tmp_path, name="run", steps=6, stop_after=None, **overrides):
+def run(tmp_path, name="run", stop_after=None, resume=True, **overrides):
     torch.manual_seed(0)
     model = tiny_lavin(dropout=0.1)
-    config = TrainConfig(out_dir=str(tmp_path / name), steps=steps, batch_size=4, lr=3e-3, checkpoint_every=2,
-                         **overrides)
-    return model, train(model, colour_samples(), config, stop_after=stop_after)
+    settings = {"steps": 6, "batch_size": 4, "lr": 3e-3, "checkpoint_every": 2, **overrides}
+    config = TrainConfig(out_dir=str(tmp_path / name), **settings)
+    return model, train(model, colour_samples(), config, resume=resume, stop_after=stop_after)
 
 
 def test_loss_goes_down_and_files_are_written(tmp_path):
@@ -55,7 +59,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 
 def test_crash_while_checkpointing_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    model, _ = run(tmp_path, steps=4)
+    model, _ = run(tmp_path, steps=6, stop_after=4)
     out = tmp_path / "run"
     before = latest_checkpoint(out)
 
@@ -93,6 +97,113 @@ def test_bad_input(tmp_path):
     (tmp_path / "e" / LATEST).write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         train(model, colour_samples(), TrainConfig(out_dir=str(tmp_path / "e"), steps=1))
+
+
+def test_resume_refuses_changed_training_settings(tmp_path):
+    run(tmp_path, steps=4, stop_after=2)
+    with pytest.raises(ValueError, match=r"lr 0\.003 saved vs 0\.05 now; max_grad_norm None saved vs 1\.0 now; "
+                                         r"seed 0 saved vs 7 now.*--no-resume"):
+        run(tmp_path, steps=4, lr=0.05, max_grad_norm=1.0, seed=7)
+    with pytest.raises(ValueError, match="steps 4 saved vs 6 now"):
+        run(tmp_path, steps=6)
+    # bookkeeping, memory settings and (with steps given) epochs may change
+    _, resumed = run(tmp_path, steps=4, checkpoint_every=3, keep_checkpoints=1, on_bad_sample="skip",
+                     micro_batch_size=2, epochs=2.0)
+    assert len(resumed.losses) == 4
+    _, restarted = run(tmp_path, steps=4, seed=7, resume=False)
+    assert len(restarted.losses) == 4
+
+
+def test_a_failed_checkpoint_replacement_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    run(tmp_path, steps=4)
+    out = tmp_path / "run"
+    weights = (out / "checkpoint-000004" / "adapter_model.safetensors").read_bytes()
+    real_replace, failed = os.replace, []
+
+    def crash_on_first_rename_onto_it(source, target):
+        if Path(target).name == "checkpoint-000004" and not failed:
+            failed.append(source)
+            raise OSError("crash while renaming")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", crash_on_first_rename_onto_it)
+    with pytest.raises(OSError, match="crash while renaming"):
+        run(tmp_path, steps=4, checkpoint_every=4, resume=False)
+    monkeypatch.undo()
+    assert latest_checkpoint(out).name == "checkpoint-000004"
+    assert (out / "checkpoint-000004" / "adapter_model.safetensors").read_bytes() == weights
+    run(tmp_path, steps=4, checkpoint_every=4, resume=False)                 # now the replacement goes through
+    assert json.loads((out / "checkpoint-000004" / TRAINER_STATE).read_text())["config"]["checkpoint_every"] == 4
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("steps", -1), ("steps", 0), ("steps", True), ("epochs", 0), ("batch_size", 2.0), ("micro_batch_size", 0),
+    ("micro_batch_size", "2"), ("lr", "1e-3"), ("lr", 0), ("warmup_steps", -1), ("weight_decay", -0.1),
+    ("betas", [0.9]), ("betas", (0.9, 1.0)), ("max_grad_norm", -1.0), ("gradient_checkpointing", "false"),
+    ("checkpoint_every", 0), ("keep_checkpoints", 0), ("max_length", 0), ("seed", "7"), ("seed", True)])
+def test_train_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=rf"^TrainConfig\.{field}={re.escape(repr(value))} must be"):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_takes_none_where_it_picks_a_default():
+    config = TrainConfig(steps=None, lr=None, warmup_steps=None, micro_batch_size=None, max_grad_norm=None,
+                         betas=[0.8, 0.9])
+    assert config.betas == (0.8, 0.9) and TrainConfig(warmup_steps=0, weight_decay=0).warmup_steps == 0
+
+
+def test_out_dir_that_is_a_file_is_refused_before_training(tmp_path):
+    model = tiny_lavin()
+    (tmp_path / "file").write_text("keep me")
+    for out_dir in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(ValueError, match="TrainConfig.out_dir .* is an existing file"):
+            train(model, colour_samples(), TrainConfig(out_dir=str(out_dir), steps=1, batch_size=2))
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run of 4 steps stopped after 2, with checkpoint-000002."""
+    folder = tmp_path_factory.mktemp("stopped")
+    run(folder, steps=4, stop_after=2)
+    return folder / "run"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def _drop_param_groups(path: Path) -> None:
+    saved = json.loads(path.read_text())
+    del saved["param_groups"]
+    path.write_text(json.dumps(saved))
+
+
+DAMAGES = {
+    "truncated optimizer": (OPTIMIZER_STATE, _truncate),
+    "truncated adapters": ("adapter_model.safetensors", _truncate),
+    "broken trainer state": (TRAINER_STATE, lambda path: path.write_text('{"step": 2, "losses": "\x01')),
+    "no param_groups": (TRAINER_STATE, _drop_param_groups),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_checkpoint_names_the_file_and_the_way_out(tmp_path, stopped_run, damage):
+    shutil.copytree(stopped_run, tmp_path / "run")
+    file_name, spoil = DAMAGES[damage]
+    spoil(tmp_path / "run" / "checkpoint-000002" / file_name)
+    with pytest.raises(ValueError, match=rf"checkpoint-000002/{re.escape(file_name)} .*--no-resume \(resume=False\)"):
+        run(tmp_path, steps=4)
+
+
+@pytest.mark.parametrize("pointer", ['{"checkpoint": 5}', '["checkpoint-000002"]', '{"checkpoint": "../x"}',
+                                     '{"checkpoint": "checkpoint-000009"}'])
+def test_damaged_latest_json_names_the_file_and_the_way_out(tmp_path, stopped_run, pointer):
+    shutil.copytree(stopped_run, tmp_path / "run")
+    (tmp_path / "run" / LATEST).write_text(pointer)
+    with pytest.raises((ValueError, FileNotFoundError), match=rf"{LATEST} .*--no-resume"):
+        run(tmp_path, steps=4)
 
 
 def test_bf16_autocast_trains(tmp_path):

@@ -8,9 +8,12 @@ A list of specs concatenates them.
 """
 from __future__ import annotations
 
+import inspect
+
 from .samples import VLSample
 
 KINDS = ("shapesqa", "text", "llava", "scienceqa")
+INTEGER_FIELDS = {"num_samples": 0, "seed": None, "image_size": 1}     # field: its minimum (None: any integer)
 
 
 def load_samples(spec) -> list[VLSample]:
@@ -19,10 +22,35 @@ def load_samples(spec) -> list[VLSample]:
     if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
         raise ValueError(f"data spec {spec!r} needs \"kind\" set to one of {KINDS}")
     options = {k: v for k, v in spec.items() if k != "kind"}
+    loader = _LOADERS[spec["kind"]]
+    _check_field_names(spec, options, loader)
+    _check_integer_fields(spec, options)
     try:
-        return _LOADERS[spec["kind"]](**options)
+        return loader(**options)
     except TypeError as err:
-        raise ValueError(f"data spec {spec!r} has an unexpected field ({err})") from err
+        raise ValueError(f"data spec {spec!r} has a field of the wrong type ({err})") from err
+
+
+def _check_field_names(spec: dict, options: dict, loader) -> None:
+    parameters = inspect.signature(loader).parameters
+    unknown = sorted(set(options) - set(parameters))
+    missing = [name for name, parameter in parameters.items()
+               if parameter.default is parameter.empty and name not in options]
+    problems = [f"{label} field(s) {names}" for label, names in (("unknown", unknown), ("missing", missing)) if names]
+    if problems:
+        raise ValueError(f"data spec {spec!r} has {' and '.join(problems)}; a {spec['kind']!r} spec has the "
+                         f"fields {list(parameters)}")
+
+
+def _check_integer_fields(spec: dict, options: dict) -> None:
+    for name, minimum in INTEGER_FIELDS.items():
+        if name in options and not _is_integer_at_least(options[name], minimum):
+            bound = "an integer" if minimum is None else f"an integer >= {minimum}"
+            raise ValueError(f"data spec {spec!r}: \"{name}\" must be {bound}, not {options[name]!r}")
+
+
+def _is_integer_at_least(value, minimum: int | None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
 
 
 def _shapesqa(num_samples, seed=0, image_size=64, split="train", question_types=None):

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..atomic import write_json_atomic
+from ..cli import positive_float, positive_int
 from .retrieval_experiment import RetrievalSetup, run
 
 DIRECTIONS = (("i2t", "image->text"), ("t2i", "text->image"))
@@ -19,7 +20,7 @@ def add_retrieval_subcommand(subparsers) -> argparse.ArgumentParser:
                           "(needs torchscale: pip install --no-deps torchscale==0.3.0 fairscale==0.4.0)")
     parser.add_argument("--steps", type=positive_int, default=defaults.steps)
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate)
+    parser.add_argument("--lr", type=positive_float, default=defaults.learning_rate)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default=None, help="optional JSON file for the recalls and the loss curve")
     parser.set_defaults(run=run_retrieval)
@@ -27,6 +28,8 @@ def add_retrieval_subcommand(subparsers) -> argparse.ArgumentParser:
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
+    if args.out:
+        _check_new_output_file(Path(args.out))
     setup = RetrievalSetup(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
     result = run(setup)
     print(f"tiny BEiT-3 (D={setup.embed_dim}, {setup.layers} layers, {setup.image_size}px), {result['scenes']} "
@@ -38,11 +41,13 @@ def run_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _check_new_output_file(path: Path) -> None:
+    from ..train import check_output_folder
+
+    if path.exists():
+        raise ValueError(f"--out {path} already exists; give the path of a new file (an existing one is not "
+                         f"overwritten)")
+    check_output_folder(path.parent, "the folder of --out")
 
 
 def recall_table(before: dict[str, float], after: dict[str, float]) -> str:
