@@ -1,10 +1,31 @@
 """Configuration dataclasses for fastmma's adapters."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
+
+from .checks import check_fields, is_bool, is_number, positive_int, positive_number
 
 MMA_TARGETS = ("attn", "ffn")
 ATTN_IMPLEMENTATIONS = ("auto", "keep", "sdpa", "eager", "flash_attention_2")   # see fastmma/patching/attention.py
+
+
+def _probability(value) -> bool:
+    return is_number(value) and 0 <= value < 1
+
+
+_SWITCH = (is_bool, "true or false", False)
+# field: (test of a valid value, what the value must be, whether None is allowed)
+MMA_FIELD_RULES = {
+    "rank": (positive_int, "a positive integer", False),
+    "groups": (positive_int, "a positive integer", False),
+    "experts": (positive_int, "a positive integer", False),
+    "scale": (is_number, "a finite number", False),
+    "temperature": (positive_number, "a finite number > 0", False),
+    "dropout": (_probability, "a number in [0, 1)", False),
+    "num_modalities": (positive_int, "a positive integer", False),
+    **{switch: _SWITCH for switch in ("recompute_swiglu", "recompute_mlp", "recompute_attention", "chunked_loss",
+                                      "recompute_norm", "cache_autocast_weights")},
+}
 
 
 @dataclass
@@ -56,16 +77,12 @@ class MMAConfig:
     def __post_init__(self):
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
+        _require(isinstance(self.targets, (list, tuple)), "targets",
+                 f"must be a list of {MMA_TARGETS}, got {self.targets!r}")
         self.targets = tuple(self.targets)
-        _require(isinstance(self.rank, int) and self.rank > 0, "rank", f"must be a positive integer, got {self.rank!r}")
-        _require(isinstance(self.groups, int) and self.groups > 0, "groups", f"must be a positive integer, got {self.groups!r}")
+        check_fields(self, MMA_FIELD_RULES)
         _require(self.rank % self.groups == 0, "rank",
                  f"rank={self.rank} is not divisible by groups={self.groups}; choose a rank that is a multiple of groups")
-        _require(isinstance(self.experts, int) and self.experts > 0, "experts", f"must be a positive integer, got {self.experts!r}")
-        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature!r}")
-        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout!r}")
-        _require(isinstance(self.num_modalities, int) and self.num_modalities > 0, "num_modalities",
-                 f"must be a positive integer, got {self.num_modalities!r}")
         _require(len(self.targets) > 0, "targets", f"must name at least one of {MMA_TARGETS}")
         unknown = [t for t in self.targets if t not in MMA_TARGETS]
         _require(not unknown, "targets", f"unknown target(s) {unknown}; supported targets are {MMA_TARGETS}")

@@ -1,6 +1,7 @@
 """save_adapters / load_adapters: only the trainable tensors, as safetensors + JSON. Never unpickles."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .atomic import atomic_path, write_json_atomic
+from .atomic import atomic_path
 from .config import MMAConfig
 from .patching.core import adapter_parameters, is_patched, patch, unpatch
 from .patching.methods import handler_for_model, handler_named
@@ -18,6 +19,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "fastmma-adapters"
 FORMAT_VERSION = 1
+WEIGHTS_CHECKSUM = "weights_sha256"
 
 
 def save_adapters(model: nn.Module, directory: str | Path) -> Path:
@@ -33,14 +35,45 @@ def save_adapters(model: nn.Module, directory: str | Path) -> Path:
 
 def write_adapter_files(directory: str | Path, parameters: dict[str, torch.Tensor], method: str,
                         description: dict) -> Path:
-    """The shared on-disk format of every method: the tensors as safetensors, the rest as JSON, each atomic."""
+    """The shared on-disk format of every method: the tensors as safetensors, the rest as JSON.
+
+    Both files are written in full under temporary names before either replaces a saved one, so a failure
+    while writing (a value JSON cannot hold, a full disk) leaves the saved pair as it was. The config records
+    the weights' SHA-256, so a pair split by a crash between the two renames is refused when loaded.
+    """
     directory = Path(directory)
     tensors = {name: p.detach().to("cpu").contiguous() for name, p in parameters.items()}
-    with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    write_json_atomic(directory / ADAPTER_CONFIG, {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                                   "method": method, **description})
+    with atomic_path(directory / ADAPTER_WEIGHTS) as weights_tmp:
+        save_file(tensors, str(weights_tmp), metadata={"format": FORMAT})
+        config = {"format": FORMAT, "format_version": FORMAT_VERSION, "method": method, **description,
+                  WEIGHTS_CHECKSUM: _sha256(weights_tmp)}
+        try:
+            config_text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"the adapter config cannot be saved as JSON ({err}); use plain Python numbers, "
+                            f"strings and lists in the config") from err
+        with atomic_path(directory / ADAPTER_CONFIG) as config_tmp:
+            config_tmp.write_text(config_text)
     return directory
+
+
+def read_adapter_tensors(directory: Path, saved: dict) -> dict[str, torch.Tensor]:
+    """The saved tensors, checked against the SHA-256 their config recorded (configs from before it have none)."""
+    path = Path(directory) / ADAPTER_WEIGHTS
+    tensors = _read_tensors(path)
+    expected = saved.get(WEIGHTS_CHECKSUM)
+    if expected is not None and _sha256(path) != expected:
+        raise ValueError(f"{path} is not the weights file {ADAPTER_CONFIG} was saved with (its SHA-256 differs): "
+                         f"the save was interrupted or the files were mixed up. Save the adapters again")
+    return tensors
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
@@ -53,9 +86,10 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     if saved.get("method", "mma") != "mma":
         raise ValueError(f"{directory} holds a {saved['method']!r} model, not MMA adapters for a causal LM; "
                          f"load it with fastmma.LaVIN.from_pretrained")
+    _require_fields(saved, ("config", "base_model"), directory)
     config = MMAConfig.from_dict(saved["config"])
     _check_base_matches(model, saved["base_model"], directory)
-    tensors = _read_tensors(directory / ADAPTER_WEIGHTS)
+    tensors = read_adapter_tensors(directory, saved)
     patched_here = not is_patched(model)
     if patched_here:
         patch(model, config)
@@ -89,10 +123,21 @@ def read_adapter_config(directory: Path) -> dict:
         raise ValueError(f"{path} is not a fastmma adapter config (expected \"format\": \"{FORMAT}\")")
     if saved.get("method", "mma") not in ("mma", "lavin") and handler_named(saved["method"]) is None:
         raise ValueError(f"{path} holds adapters of method {saved['method']!r}, which this fastmma does not know")
-    if saved.get("format_version", 0) > FORMAT_VERSION:
+    version = saved.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{path} has format_version {version!r}; it must be an integer (this fastmma writes "
+                         f"{FORMAT_VERSION})")
+    if version > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {saved['format_version']}; this fastmma reads up to "
                          f"{FORMAT_VERSION}: upgrade fastmma")
     return saved
+
+
+def _require_fields(saved: dict, names: tuple[str, ...], directory: Path) -> None:
+    missing = [name for name in names if not isinstance(saved.get(name), dict)]
+    if missing:
+        raise ValueError(f"{Path(directory) / ADAPTER_CONFIG} lacks {missing} (JSON objects); it was not written by "
+                         f"fastmma.save_adapters or has been edited. Save the adapters again")
 
 
 def _base_description(model: nn.Module) -> dict:
@@ -102,7 +147,7 @@ def _base_description(model: nn.Module) -> dict:
 
 def _check_base_matches(model: nn.Module, saved_base: dict, directory: Path) -> None:
     current = _base_description(model)
-    for key in ("hidden_size", "num_hidden_layers"):
+    for key in ("model_type", "hidden_size", "num_hidden_layers"):
         if saved_base.get(key) != current[key]:
             raise ValueError(f"the adapters in {directory} were trained on a base model with {key}="
                              f"{saved_base.get(key)}, but this model has {key}={current[key]}; "
@@ -110,6 +155,8 @@ def _check_base_matches(model: nn.Module, saved_base: dict, directory: Path) -> 
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a file; it should be the adapters' safetensors file")
     if not path.is_file():
         others = sorted(p.name for p in path.parent.glob("adapter_model.*"))
         hint = f" (found {others}: fastmma reads only safetensors, never pickles)" if others else ""

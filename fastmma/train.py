@@ -25,6 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .checks import (check_fields, is_bool, is_int, is_number, non_negative_int, non_negative_number, positive_int,
+                     positive_number)
 from .checkpointing import disable_checkpointing, enable_checkpointing
 from .data.samples import VLSample
 from .lavin.sequence import EncodedSample
@@ -44,57 +46,28 @@ RESUMABLE_CHANGES = frozenset({"out_dir", "checkpoint_every", "keep_checkpoints"
                                "micro_batch_size", "gradient_checkpointing", "checkpoint_every_n_layers",
                                "offload_checkpoints"})
 
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive_int(value) -> bool:
-    return _is_int(value) and value >= 1
-
-
-def _positive_number(value) -> bool:
-    return _is_number(value) and value > 0
-
-
-def _non_negative_int(value) -> bool:
-    return _is_int(value) and value >= 0
-
-
-def _non_negative_number(value) -> bool:
-    return _is_number(value) and value >= 0
-
-
-def _is_bool(value) -> bool:
-    return isinstance(value, bool)
-
-
 def _betas(value) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(b) and 0 <= b < 1 for b in value)
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(is_number(b) and 0 <= b < 1 for b in value)
 
 
 # field: (test of a valid value, what the value must be, whether None is allowed: it picks a default)
 FIELD_RULES = {
-    "steps": (_positive_int, "a positive integer (or None: `epochs` passes over the data)", True),
-    "epochs": (_positive_number, "a positive number", False),
-    "batch_size": (_positive_int, "a positive integer", False),
-    "micro_batch_size": (_positive_int, "a positive integer that divides batch_size (or None: batch_size)", True),
-    "lr": (_positive_number, "a positive number (or None: 9e-3 x batch_size / 256)", True),
-    "warmup_steps": (_non_negative_int, "an integer >= 0 (or None: 10% of the steps)", True),
-    "weight_decay": (_non_negative_number, "a number >= 0", False),
+    "steps": (positive_int, "a positive integer (or None: `epochs` passes over the data)", True),
+    "epochs": (positive_number, "a positive number", False),
+    "batch_size": (positive_int, "a positive integer", False),
+    "micro_batch_size": (positive_int, "a positive integer that divides batch_size (or None: batch_size)", True),
+    "lr": (positive_number, "a positive number (or None: 9e-3 x batch_size / 256)", True),
+    "warmup_steps": (non_negative_int, "an integer >= 0 (or None: 10% of the steps)", True),
+    "weight_decay": (non_negative_number, "a number >= 0", False),
     "betas": (_betas, "two numbers in [0, 1), e.g. [0.9, 0.95]", False),
-    "max_grad_norm": (_positive_number, "a positive number (or None: no clipping)", True),
-    "gradient_checkpointing": (_is_bool, "true or false", False),
-    "checkpoint_every_n_layers": (_positive_int, "a positive integer (1 = every layer)", False),
-    "offload_checkpoints": (_is_bool, "true or false", False),
-    "checkpoint_every": (_positive_int, "a positive integer", False),
-    "keep_checkpoints": (_positive_int, "a positive integer", False),
-    "max_length": (_positive_int, "a positive integer", False),
-    "seed": (_is_int, "an integer", False),
+    "max_grad_norm": (positive_number, "a positive number (or None: no clipping)", True),
+    "gradient_checkpointing": (is_bool, "true or false", False),
+    "checkpoint_every_n_layers": (positive_int, "a positive integer (1 = every layer)", False),
+    "offload_checkpoints": (is_bool, "true or false", False),
+    "checkpoint_every": (positive_int, "a positive integer", False),
+    "keep_checkpoints": (positive_int, "a positive integer", False),
+    "max_length": (positive_int, "a positive integer", False),
+    "seed": (is_int, "an integer", False),
 }
 
 
@@ -130,10 +103,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, (valid, requirement, none_allowed) in FIELD_RULES.items():
-            value = getattr(self, name)
-            if not (value is None and none_allowed) and not valid(value):
-                raise ValueError(f"TrainConfig.{name}={value!r} must be {requirement}")
+        check_fields(self, FIELD_RULES)
         self.betas = tuple(self.betas)
         micro = self.micro_batch_size or self.batch_size
         if self.batch_size % micro:

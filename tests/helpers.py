@@ -59,3 +59,18 @@ def assert_close_to_reference(fast, plain, exact, *, multiple: float = 2.0, floo
     scale = exact.double().abs().max().item()
     bound = multiple * plain_error + floor * max(scale, 1.0)
     assert fast_error <= bound, f"{what}: error {fast_error:.3e} > {multiple} x plain {plain_error:.3e} + floor"
+
+
+def replace_adapter_weights(directory, tensors) -> None:
+    """Write other adapter tensors into a saved pair and drop the config's checksum of the weights (as a
+    hand-made pair would have), so that loading reaches the checks of the tensors themselves."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from fastmma.serialization import ADAPTER_CONFIG, ADAPTER_WEIGHTS, WEIGHTS_CHECKSUM
+
+    save_file(tensors, str(directory / ADAPTER_WEIGHTS))
+    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    del config[WEIGHTS_CHECKSUM]
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(config))

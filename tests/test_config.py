@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from fastmma import MMAConfig
@@ -20,6 +21,16 @@ def test_defaults_match_lavin():
     (dict(dropout=1.0), "dropout"),
     (dict(temperature=0.0), "temperature"),
     (dict(num_modalities=0), "num_modalities"),
+    (dict(scale=float("nan")), "scale"),                   # would make every output NaN
+    (dict(scale="1"), "scale"),                            # would fail deep inside a kernel
+    (dict(scale=np.float32(1.0)), "scale"),                # JSON cannot save it
+    (dict(rank=True), "rank"),
+    (dict(rank=8.0), "rank"),
+    (dict(dropout=None), "dropout"),
+    (dict(temperature="10"), "temperature"),
+    (dict(targets=None), "targets"),
+    (dict(recompute_swiglu="no"), "recompute_swiglu"),     # a non-empty string would count as on
+    (dict(chunked_loss=1), "chunked_loss"),
 ])
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"MMAConfig.{field}"):

@@ -4,12 +4,12 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import fastmma
-from fastmma.serialization import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from fastmma.serialization import ADAPTER_CONFIG, ADAPTER_WEIGHTS, write_adapter_files
 
-from .helpers import randomize_adapters, tiny_causal_lm
+from .helpers import randomize_adapters, replace_adapter_weights, tiny_causal_lm
 
 CONFIG = fastmma.MMAConfig(rank=4, groups=2, experts=3, targets=("attn", "ffn"))
 
@@ -61,7 +61,7 @@ def test_missing_and_unexpected_keys(saved):
     tensors = load_file(directory / ADAPTER_WEIGHTS)
     first = sorted(tensors)[0]
     tensors["extra.weight"] = tensors.pop(first)
-    save_file(tensors, str(directory / ADAPTER_WEIGHTS))
+    replace_adapter_weights(directory, tensors)
     model = tiny_causal_lm("llama")
     with pytest.raises(KeyError, match="missing .*unexpected \\[extra.weight\\]"):
         fastmma.load_adapters(model, directory)
@@ -73,7 +73,7 @@ def test_shape_mismatch(saved):
     tensors = load_file(directory / ADAPTER_WEIGHTS)
     name = sorted(tensors)[0]
     tensors[name] = torch.zeros(*tensors[name].shape[:-1], tensors[name].shape[-1] + 1)
-    save_file(tensors, str(directory / ADAPTER_WEIGHTS))
+    replace_adapter_weights(directory, tensors)
     with pytest.raises(ValueError, match="has shape"):
         fastmma.load_adapters(tiny_causal_lm("llama"), directory)
 
@@ -128,3 +128,59 @@ def test_interrupted_save_keeps_previous_files(saved, monkeypatch):
 def test_save_requires_a_patched_model(tmp_path):
     with pytest.raises(RuntimeError, match="not patched"):
         fastmma.save_adapters(tiny_causal_lm("llama"), tmp_path)
+
+
+def test_weights_from_another_save_are_refused(saved, tmp_path_factory):
+    """A pair split by a crash between the two renames: the config's checksum does not match the weights."""
+    model, directory = saved
+    other = tmp_path_factory.mktemp("other")
+    randomize_adapters(model, seed=5)
+    fastmma.save_adapters(model, other)
+    (directory / ADAPTER_WEIGHTS).write_bytes((other / ADAPTER_WEIGHTS).read_bytes())
+    with pytest.raises(ValueError, match="SHA-256 differs"):
+        fastmma.load_adapters(tiny_causal_lm("llama"), directory)
+
+
+def test_a_config_json_cannot_hold_leaves_the_saved_pair_as_it_was(saved):
+    model, directory = saved
+    before = {name: (directory / name).read_bytes() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+    with pytest.raises(TypeError, match="cannot be saved as JSON"):
+        write_adapter_files(directory, fastmma.adapter_parameters(model), "mma", {"config": {"scale": object()}})
+    assert {name: (directory / name).read_bytes() for name in before} == before
+    assert sorted(os.listdir(directory)) == [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+
+
+def _edit_config(directory, **changes):
+    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"config": None}, "lacks \\['config'\\]"),
+    ({"base_model": None}, "lacks \\['base_model'\\]"),
+    ({"format_version": "1"}, "format_version '1'; it must be an integer"),
+])
+def test_damaged_config_fields_are_named(saved, changes, match):
+    _, directory = saved
+    _edit_config(directory, **changes)
+    with pytest.raises(ValueError, match=match):
+        fastmma.load_adapters(tiny_causal_lm("llama"), directory)
+
+
+def test_adapters_of_another_model_type_are_refused(saved):
+    _, directory = saved
+    with pytest.raises(ValueError, match="model_type=llama, but this model has model_type=qwen2"):
+        fastmma.load_adapters(tiny_causal_lm("qwen2"), directory)
+
+
+def test_a_folder_in_place_of_the_weights_is_named(saved):
+    _, directory = saved
+    os.remove(directory / ADAPTER_WEIGHTS)
+    (directory / ADAPTER_WEIGHTS).mkdir()
+    with pytest.raises(ValueError, match="is not a file"):
+        fastmma.load_adapters(tiny_causal_lm("llama"), directory)

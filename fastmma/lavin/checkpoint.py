@@ -5,7 +5,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..serialization import ADAPTER_WEIGHTS, _copy_into, _read_tensors, read_adapter_config, write_adapter_files
+from ..serialization import _copy_into, read_adapter_config, read_adapter_tensors, write_adapter_files
 from .config import LaVINConfig
 
 METHOD = "lavin"
@@ -32,7 +32,7 @@ def load_lavin(directory: str | Path, llm: nn.Module, vision: nn.Module, tokeniz
         if saved[key] != _describe(module):
             raise ValueError(f"{directory} was trained with a {key.replace('_', ' ')} {saved[key]}, but the one "
                              f"given is {_describe(module)}; pass the models it was trained on")
-    tensors = _read_tensors(directory / ADAPTER_WEIGHTS)
+    tensors = read_adapter_tensors(directory, saved)
     model = LaVIN(llm, vision, tokenizer, LaVINConfig.from_dict(saved["config"]))
     model.model_spec = saved.get("model_spec")
     _copy_into(model.trainable_state(), tensors, directory)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..serialization import ADAPTER_WEIGHTS, _read_tensors, copy_adapters_or_undo, write_adapter_files
+from ..serialization import copy_adapters_or_undo, read_adapter_tensors, write_adapter_files
 from .beit3 import beit3_description, check_beit3_host
 from .config import MWAConfig
 from .patching import METHOD, adapter_parameters, patch, require_mwa
@@ -26,7 +26,7 @@ def load(model: nn.Module, directory: str | Path, saved: dict) -> nn.Module:
     config = MWAConfig.from_dict(saved["config"])
     check_beit3_host(model)
     _check_base_matches(model, saved.get("base_model", {}), directory)
-    tensors = _read_tensors(directory / ADAPTER_WEIGHTS)
+    tensors = read_adapter_tensors(directory, saved)
     patched_here = getattr(model, "_fastmma", None) is None
     if patched_here:
         patch(model, config)
