@@ -6,7 +6,7 @@ import torch
 import fastmma
 from fastmma.data.chat import IGNORE_INDEX
 from fastmma.data.samples import VLSample
-from fastmma.lavin import LaVIN
+from fastmma.lavin import LaVIN, LaVINConfig
 from fastmma.lavin.pixels import pixel_values
 from fastmma.patching.clip import cls_features
 from fastmma.reference import oracle_causal_lm_logits
@@ -123,10 +123,32 @@ def expected_greedy(model, prompts, images, steps):
     return [tok.decode(t, skip_special_tokens=True).strip() for t in generated]
 
 
-def test_generate_checks_lengths():
+def test_generate_checks_its_prompts():
     model = tiny_lavin()
     with pytest.raises(ValueError, match="one image"):
         model.generate(["a", "b"], [None])
+    with pytest.raises(TypeError, match="wrap a single prompt as \\[prompt\\]"):
+        model.generate("hi")
+    with pytest.raises(ValueError, match="prompts is empty"):
+        model.generate([])
+    with pytest.raises(TypeError, match="those at \\[1\\] are not"):
+        model.generate(["a", None])
+
+
+def test_an_llm_patched_with_another_config_is_refused():
+    """save_pretrained records LaVINConfig.llm_adapter: a different patch would save an unloadable pair."""
+    llm = fastmma.patch(tiny_llm(), fastmma.MMAConfig(rank=2, groups=2))
+    with pytest.raises(ValueError, match="already patched with"):
+        LaVIN(llm, tiny_vit(), tokenizer(), LaVINConfig(llm_adapter=fastmma.MMAConfig(rank=4, groups=2)))
+    model = LaVIN(llm, tiny_vit(), tokenizer(), LaVINConfig(llm_adapter=fastmma.MMAConfig(rank=2, groups=2)))
+    assert model.llm is llm
+
+
+def test_a_tokenizer_larger_than_the_llm_vocabulary_is_refused():
+    small_vocabulary = tiny_llm()
+    small_vocabulary.resize_token_embeddings(len(tokenizer()) - 1)
+    with pytest.raises(ValueError, match="the tokenizer has .* tokens but the LLM's embedding has"):
+        LaVIN(small_vocabulary, tiny_vit(), tokenizer())
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -50,6 +50,24 @@ class VisualAdapter(nn.Module):
         return self.up(self.act(self.down(features)))                                 # [N, T, D_llm]
 
 
+def _check_tokenizer_fits(tokenizer, llm: nn.Module) -> None:
+    vocabulary = llm.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocabulary:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM's embedding has {vocabulary} rows; "
+                         f"pass the tokenizer the LLM was trained with")
+
+
+def _check_prompts(prompts) -> None:
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise TypeError(f"prompts must be a list of strings (one answer each); got {type(prompts).__name__}"
+                        + (": wrap a single prompt as [prompt]" if isinstance(prompts, str) else ""))
+    if not prompts:
+        raise ValueError("prompts is empty; pass at least one prompt")
+    wrong = [index for index, prompt in enumerate(prompts) if not isinstance(prompt, str)]
+    if wrong:
+        raise TypeError(f"prompts must be strings; those at {wrong} are not")
+
+
 class LaVIN(nn.Module):
     """Vision-language instruction follower. Only adapters, the visual adapter and the modality
     embedding train; `llm` and `vision` are patched in place and frozen."""
@@ -57,8 +75,13 @@ class LaVIN(nn.Module):
     def __init__(self, llm: nn.Module, vision: nn.Module, tokenizer, config: LaVINConfig | None = None):
         super().__init__()
         self.config = config or LaVINConfig()
+        _check_tokenizer_fits(tokenizer, llm)
         if not patching.is_patched(llm):
             patching.patch(llm, self.config.llm_adapter)
+        elif llm._fastmma.config != self.config.llm_adapter:
+            raise ValueError(f"the LLM is already patched with {llm._fastmma.config}, but LaVINConfig.llm_adapter is "
+                             f"{self.config.llm_adapter} (what save_pretrained would record); pass "
+                             f"LaVINConfig(llm_adapter=<the LLM's MMAConfig>) or an unpatched LLM")
         patch_vision(vision, self.config.vision_adapter)
         self.llm = llm
         self.vision = vision
@@ -152,7 +175,8 @@ class LaVIN(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: list[str], images: list | None = None, max_new_tokens: int = 32,
                  **generate_kwargs) -> list[str]:
-        """Greedy (by default) KV-cached answers; images[i] may be None for a text-only prompt."""
+        """Greedy (by default) KV-cached answers, one per prompt; images[i] may be None for a text-only prompt."""
+        _check_prompts(prompts)
         images = images if images is not None else [None] * len(prompts)
         if len(images) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(images)} images; pass one image (or None) "
