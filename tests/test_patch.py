@@ -119,6 +119,22 @@ def test_merge_rejects_bad_modality():
             fastmma.merge(model, modality=bad)
 
 
+def test_a_merged_model_says_it_was_merged(tmp_path):
+    model = fastmma.merge(fastmma.patch(tiny_causal_lm("llama")), modality=1)
+    for action in (lambda: fastmma.save_adapters(model, tmp_path), lambda: fastmma.merge(model)):
+        with pytest.raises(RuntimeError, match="was merged for modality 1"):
+            action()
+    with pytest.raises(RuntimeError, match="not patched"):
+        fastmma.save_adapters(tiny_causal_lm("llama"), tmp_path)
+
+
+def test_a_misspelled_modality_keyword_is_refused():
+    model = fastmma.patch(tiny_causal_lm("llama"))
+    for name in ("modalities", "modality_ids"):
+        with pytest.raises(TypeError, match="the modality keyword is `modality=`"):
+            model(token_batch(), **{name: 1})
+
+
 def test_unpatch_is_bit_exact(family):
     base = tiny_causal_lm(family)
     requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}

@@ -148,8 +148,16 @@ def _restore_base(model: nn.Module, state: PatchState) -> None:
     object.__delattr__(model, "_fastmma")
 
 
+MERGED_MODALITY_ATTR = "_fastmma_merged_modality"
+
+
 def _require_patched(model: nn.Module, action: str) -> PatchState:
     if not is_patched(model):
+        merged = getattr(model, MERGED_MODALITY_ATTR, None)
+        if merged is not None:
+            raise RuntimeError(f"fastmma.{action}: this model was merged for modality {merged} (fastmma.merge): its "
+                               f"adapters are folded into the base weights and there are none left to {action}; "
+                               f"use the patched model from before merging (save_adapters before merge)")
         raise RuntimeError(f"fastmma.{action} needs a model patched by fastmma.patch; this one is not patched")
     return model._fastmma
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..adapters.mma import dense_block_diagonal
-from .core import PatchSite, _require_patched, _restore_base
+from .core import MERGED_MODALITY_ATTR, PatchSite, _require_patched, _restore_base
 from .methods import handler_for_model
 
 
@@ -37,6 +37,7 @@ def merge(model: nn.Module, modality: int = 0) -> nn.Module:
     _restore_base(model, state)
     for name, p in model.named_parameters():
         p.requires_grad_(state.requires_grad_before.get(name, p.requires_grad))
+    object.__setattr__(model, MERGED_MODALITY_ATTR, modality)      # for the error of a later save or merge
     return model.train(was_training)
 
 

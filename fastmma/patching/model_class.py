@@ -32,6 +32,7 @@ def _make_patched_class(base_class: type) -> type:
     base_signature = inspect.signature(base_forward)
 
     def forward(self, *args, modality=None, **kwargs):
+        _reject_misspelled_modality(kwargs)
         bound = base_signature.bind_partial(self, *args, **kwargs).arguments
         batch_size, device = _batch_size_and_device(bound)
         state = self._fastmma
@@ -52,6 +53,17 @@ def _make_patched_class(base_class: type) -> type:
         "_fastmma_base_class": base_class,
         "__module__": base_class.__module__,
     })
+
+
+MISSPELLED_MODALITY = ("modalities", "modality_id", "modality_ids")
+
+
+def _reject_misspelled_modality(kwargs: dict) -> None:
+    """Hugging Face forwards pass unknown keywords on silently: a misspelled `modality` would run as text."""
+    misspelled = [name for name in kwargs if name in MISSPELLED_MODALITY]
+    if misspelled:
+        raise TypeError(f"the patched model's forward got {misspelled}; the modality keyword is `modality=` "
+                        f"(an int, or a LongTensor [batch] of ids: 0 = text, 1 = image)")
 
 
 def _wants_chunked_loss(model, arguments: dict) -> bool:
