@@ -182,7 +182,7 @@ def oracle_causal_lm_logits(model, input_ids=None, attention_mask=None, modality
     with _oracle_norms(model, dtype):
         for layer in decoder.layers:
             hidden = layer(hidden, attention_mask=mask, position_ids=position_ids,
-                           position_embeddings=position_embeddings, past_key_values=None, use_cache=False)
+                           position_embeddings=position_embeddings, use_cache=False)
         hidden = decoder.norm(hidden)
     logits = model.get_output_embeddings()(hidden.to(model.get_output_embeddings().weight.dtype))
     return logits[:, 1:]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import fastmma
+from fastmma.kv_cache import output_cache
 from fastmma.memory.layer_recompute import LayerStash
 
 from .helpers import patched_pair
@@ -58,6 +59,19 @@ def test_recomputing_layers_under_bf16_autocast_and_with_a_kv_cache():
         assert torch.equal(got_loss, loss)
         for name in grads:
             assert torch.equal(got_grads[name], grads[name]), name
+
+
+def test_the_replay_leaves_the_kv_cache_as_the_forward_filled_it():
+    """The backward replay must not append the layer's k, v to the cache a second time (whatever keyword,
+    `cache` or `past_key_values`, this transformers version gives it)."""
+    _, recomputing = _pair()
+    ids, labels = _inputs(7)
+    output = recomputing(ids, labels=labels, modality=0, use_cache=True)
+    cache = output_cache(output)
+    assert cache.get_seq_length() == ids.shape[1]
+    output.loss.backward()
+    assert cache.get_seq_length() == ids.shape[1]
+    assert all(layer.keys.shape[-2] == ids.shape[1] for layer in cache.layers)
 
 
 def test_recomputing_layers_over_ten_adamw_steps():

@@ -12,7 +12,7 @@ def full_layer(decoder, layer, hidden):
     position_ids = torch.zeros(hidden.shape[0], 1, dtype=torch.long)
     position_embeddings = decoder.rotary_emb(hidden, position_ids)
     return layer(hidden, attention_mask=None, position_ids=position_ids, position_embeddings=position_embeddings,
-                 past_key_values=None, use_cache=False)
+                 use_cache=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)

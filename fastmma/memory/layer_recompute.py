@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..kv_cache import cache_in, without_cache
+
 _ACTIVE = threading.local()
 
 
@@ -125,8 +127,8 @@ def recompute_layer(forward, hidden_states: torch.Tensor, *args, **kwargs) -> to
     stash = LayerStash()
 
     def run(*run_args, **run_kwargs):
-        if stash.replaying and run_kwargs.get("past_key_values") is not None:
-            run_kwargs = dict(run_kwargs, past_key_values=None)    # the cache already holds this call's k, v
+        if stash.replaying and cache_in(run_kwargs) is not None:
+            run_kwargs = without_cache(run_kwargs)               # the cache already holds this call's k, v
         with stash.active():
             return forward(*run_args, **run_kwargs)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kv_cache import cache_in
 from ..memory.layer_recompute import active_stash, frozen_linear, recompute_layer
 from .class_swap import base_class, restore_forwards, swap_forward
 from .single_token import fsdp_wrapped
@@ -67,6 +68,6 @@ def _recomputes(layer: nn.Module, kwargs: dict) -> bool:
         return False
     if fsdp_wrapped(layer):
         return False
-    cache = kwargs.get("past_key_values")
+    cache = cache_in(kwargs)
     layer_index = getattr(getattr(layer, "self_attn", None), "layer_idx", 0)
     return cache is None or cache.get_seq_length(layer_index) == 0

@@ -11,6 +11,7 @@ import inspect
 
 import torch
 
+from ..kv_cache import cache_field, output_cache
 from ..memory import chunked_linear_cross_entropy
 from .routing import modality_ids_for
 
@@ -82,7 +83,8 @@ def _forward_with_chunked_loss(model, arguments: dict):
     outputs = model._fastmma.family.decoder(model)(**inputs, **extra)
     loss = chunked_linear_cross_entropy(outputs.last_hidden_state, model.get_output_embeddings().weight,
                                         arguments["labels"], num_items_in_batch)
-    return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values)
+    return CausalLMOutputWithPast(loss=loss, logits=None,
+                                  **{cache_field(CausalLMOutputWithPast): output_cache(outputs)})
 
 
 def _with_modality_parameter(signature: inspect.Signature) -> inspect.Signature:

@@ -116,7 +116,7 @@ class RoutingContext:
                 if hasattr(layer, "gradient_checkpointing"):
                     layer.gradient_checkpointing = False
                 hidden = layer(hidden, attention_mask=None, position_ids=position_ids,
-                               position_embeddings=position_embeddings, past_key_values=None, use_cache=False)
+                               position_embeddings=position_embeddings, use_cache=False)
         finally:
             self.phase = None
             for layer, was_checkpointing in zip(layers, checkpointing):
