@@ -12,7 +12,7 @@ from torch import nn
 
 from .atomic import atomic_path
 from .config import MMAConfig
-from .patching.core import adapter_parameters, is_patched, patch, unpatch
+from .patching.core import adapter_parameters, is_patched, patch, require_patched, unpatch
 from .patching.methods import handler_for_model, handler_named
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -27,6 +27,7 @@ def save_adapters(model: nn.Module, directory: str | Path) -> Path:
     other_method = handler_for_model(model)
     if other_method is not None:
         return other_method.save(model, directory)
+    require_patched(model, "save_adapters")
     return write_adapter_files(directory, adapter_parameters(model), "mma", {
         "config": model._fastmma.config.to_dict(),
         "base_model": _base_description(model),
@@ -86,7 +87,7 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     if saved.get("method", "mma") != "mma":
         raise ValueError(f"{directory} holds a {saved['method']!r} model, not MMA adapters for a causal LM; "
                          f"load it with fastmma.LaVIN.from_pretrained")
-    _require_fields(saved, ("config", "base_model"), directory)
+    require_fields(saved, ("config", "base_model"), directory)
     config = MMAConfig.from_dict(saved["config"])
     _check_base_matches(model, saved["base_model"], directory)
     tensors = read_adapter_tensors(directory, saved)
@@ -133,7 +134,7 @@ def read_adapter_config(directory: Path) -> dict:
     return saved
 
 
-def _require_fields(saved: dict, names: tuple[str, ...], directory: Path) -> None:
+def require_fields(saved: dict, names: tuple[str, ...], directory: Path) -> None:
     missing = [name for name in names if not isinstance(saved.get(name), dict)]
     if missing:
         raise ValueError(f"{Path(directory) / ADAPTER_CONFIG} lacks {missing} (JSON objects); it was not written by "

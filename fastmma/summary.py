@@ -6,6 +6,8 @@ from torch import nn
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, each shared Parameter counted once."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module (a patched model or a LaVIN), got {type(model).__name__}")
     seen, trainable, total = set(), 0, 0
     for p in model.parameters():
         if id(p) in seen:

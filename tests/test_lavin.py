@@ -1,5 +1,7 @@
 """LaVIN on tiny random models: ViT routing, sequence assembly, the modality-token oracle, generation,
 save/load."""
+import json
+
 import pytest
 import torch
 
@@ -133,6 +135,13 @@ def test_generate_checks_its_prompts():
         model.generate([])
     with pytest.raises(TypeError, match="those at \\[1\\] are not"):
         model.generate(["a", None])
+    with pytest.raises(TypeError, match="images must be a list with one image"):
+        model.generate(["a"], IMAGES[0])
+
+
+def test_an_empty_batch_is_named():
+    with pytest.raises(ValueError, match="the batch is empty"):
+        tiny_lavin()([])
 
 
 def test_an_llm_patched_with_another_config_is_refused():
@@ -142,6 +151,18 @@ def test_an_llm_patched_with_another_config_is_refused():
         LaVIN(llm, tiny_vit(), tokenizer(), LaVINConfig(llm_adapter=fastmma.MMAConfig(rank=4, groups=2)))
     model = LaVIN(llm, tiny_vit(), tokenizer(), LaVINConfig(llm_adapter=fastmma.MMAConfig(rank=2, groups=2)))
     assert model.llm is llm
+
+
+def test_an_llm_patched_without_a_config_keeps_its_patch_and_reloads(tmp_path):
+    adapter = fastmma.MMAConfig(rank=4, groups=2)
+    model = LaVIN(fastmma.patch(tiny_llm(), adapter), tiny_vit(), tokenizer())
+    assert model.config.llm_adapter == adapter
+    randomize_trainable(model)
+    model.save_pretrained(tmp_path)
+    loaded = LaVIN.from_pretrained(tmp_path, llm=tiny_llm(), vision=tiny_vit(), tokenizer=tokenizer())
+    assert loaded.config.llm_adapter == adapter
+    for name, param in model.trainable_state().items():
+        assert torch.equal(loaded.trainable_state()[name], param), name
 
 
 def test_a_tokenizer_larger_than_the_llm_vocabulary_is_refused():
@@ -172,6 +193,21 @@ def test_load_refuses_other_base_models(tmp_path):
     other_vit = CLIPVisionModel(CLIPVisionConfig(**{**VIT_DIMS, "hidden_size": 48}))
     with pytest.raises(ValueError, match="vision model"):
         LaVIN.from_pretrained(tmp_path, llm=tiny_llm(), vision=other_vit, tokenizer=tokenizer())
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda saved: saved.pop("vision_model"), "lacks \\['vision_model'\\]"),
+    (lambda saved: saved["config"].update(alpha=2), "LaVINConfig: unknown field\\(s\\) \\['alpha'\\]"),
+])
+def test_a_damaged_saved_config_is_named(tmp_path, edit, match):
+    from fastmma.serialization import ADAPTER_CONFIG
+
+    tiny_lavin().save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / ADAPTER_CONFIG).read_text())
+    edit(saved)
+    (tmp_path / ADAPTER_CONFIG).write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=match):
+        LaVIN.from_pretrained(tmp_path, llm=tiny_llm(), vision=tiny_vit(), tokenizer=tokenizer())
 
 
 def test_trainable_parameters_are_only_the_new_ones():

@@ -121,18 +121,44 @@ def test_merge_rejects_bad_modality():
 
 def test_a_merged_model_says_it_was_merged(tmp_path):
     model = fastmma.merge(fastmma.patch(tiny_causal_lm("llama")), modality=1)
-    for action in (lambda: fastmma.save_adapters(model, tmp_path), lambda: fastmma.merge(model)):
-        with pytest.raises(RuntimeError, match="was merged for modality 1"):
+    actions = {"save_adapters": lambda: fastmma.save_adapters(model, tmp_path), "merge": lambda: fastmma.merge(model),
+               "unpatch": lambda: fastmma.unpatch(model)}
+    for name, action in actions.items():
+        with pytest.raises(RuntimeError, match=f"fastmma.{name}: this model was merged for modality 1"):
             action()
     with pytest.raises(RuntimeError, match="not patched"):
         fastmma.save_adapters(tiny_causal_lm("llama"), tmp_path)
 
 
+def test_a_merged_model_serves_only_its_modality():
+    model = fastmma.patch(tiny_causal_lm("llama"), ALL_TARGETS)
+    randomize_adapters(model, std=0.1)
+    merged = fastmma.merge(model, modality=1)
+    ids = token_batch()
+    with torch.no_grad():
+        expected = merged(ids).logits
+        for same in (1, torch.tensor([1, 1, 1])):
+            assert torch.equal(merged(ids, modality=same).logits, expected)
+        for other in (0, torch.tensor([1, 0, 1]), 1.0):
+            with pytest.raises(ValueError, match="merged for modality 1.*serves only that modality"):
+                merged(ids, modality=other)
+        repatched = fastmma.patch(merged, ALL_TARGETS)            # patched again: `modality=` routes once more
+        randomize_adapters(repatched, std=0.1)
+        assert relative_error(repatched(ids, modality=0).logits, repatched(ids, modality=1).logits) > 1e-3
+
+
 def test_a_misspelled_modality_keyword_is_refused():
     model = fastmma.patch(tiny_causal_lm("llama"))
-    for name in ("modalities", "modality_ids"):
+    for name in ("modalities", "modality_ids", "modality_id", "Modality", "modaltiy"):
         with pytest.raises(TypeError, match="the modality keyword is `modality=`"):
             model(token_batch(), **{name: 1})
+    with torch.no_grad():                                         # other keywords still pass through
+        assert len(model(token_batch(), output_hidden_states=True, modality=1).hidden_states) == 3
+
+
+def test_trainable_summary_names_the_expected_type():
+    with pytest.raises(TypeError, match="expected a torch.nn.Module.*got NoneType"):
+        fastmma.trainable_summary(None)
 
 
 def test_unpatch_is_bit_exact(family):

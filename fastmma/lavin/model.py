@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .. import patching
+from ..config import MMAConfig
 from ..data.samples import VLSample
 from ..patching.clip import cls_features, patch_vision, vision_transformer
 from .config import LaVINConfig
@@ -68,13 +69,39 @@ def _check_prompts(prompts) -> None:
         raise TypeError(f"prompts must be strings; those at {wrong} are not")
 
 
+def _images_for(prompts: list[str], images) -> list:
+    """One image (or None) per prompt; all None when `images` is None."""
+    if images is None:
+        return [None] * len(prompts)
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"images must be a list with one image (or None) per prompt; got {type(images).__name__}")
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(images)} images; pass one image (or None) "
+                         f"per prompt")
+    return list(images)
+
+
+def _config_for(llm: nn.Module, config: LaVINConfig | None) -> LaVINConfig:
+    """`config`; without one, the defaults, with the MMA config of an LLM that is already patched."""
+    if config is not None:
+        return config
+    if patching.is_patched(llm) and isinstance(llm._fastmma.config, MMAConfig):
+        return LaVINConfig(llm_adapter=llm._fastmma.config)
+    return LaVINConfig()
+
+
 class LaVIN(nn.Module):
     """Vision-language instruction follower. Only adapters, the visual adapter and the modality
-    embedding train; `llm` and `vision` are patched in place and frozen."""
+    embedding train; `llm` and `vision` are patched in place and frozen.
+
+    An `llm` already patched by fastmma.patch keeps its adapters: without a `config`, LaVIN takes the
+    LLM's MMAConfig as `config.llm_adapter` (what save_pretrained records); a `config` whose llm_adapter
+    differs from the LLM's patch is refused, since the saved model could not be loaded again.
+    """
 
     def __init__(self, llm: nn.Module, vision: nn.Module, tokenizer, config: LaVINConfig | None = None):
         super().__init__()
-        self.config = config or LaVINConfig()
+        self.config = _config_for(llm, config)
         _check_tokenizer_fits(tokenizer, llm)
         if not patching.is_patched(llm):
             patching.patch(llm, self.config.llm_adapter)
@@ -177,10 +204,7 @@ class LaVIN(nn.Module):
                  **generate_kwargs) -> list[str]:
         """Greedy (by default) KV-cached answers, one per prompt; images[i] may be None for a text-only prompt."""
         _check_prompts(prompts)
-        images = images if images is not None else [None] * len(prompts)
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(images)} images; pass one image (or None) "
-                             f"per prompt")
+        images = _images_for(prompts, images)
         encoded = [encode_prompt(self.tokenizer, prompt, image, self.config.image_prefix,
                                  self.config.no_image_text, self.config.system_prompt)
                    for prompt, image in zip(prompts, images)]

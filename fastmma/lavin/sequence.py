@@ -62,6 +62,8 @@ def assemble(embed_tokens, encoded: list[EncodedSample], visual_tokens: torch.Te
 
     visual_tokens [N_images, T, D]: one row per sample that has an image, in order.
     """
+    if not encoded:
+        raise ValueError("the batch is empty; pass at least one encoded sample (or prompt)")
     rows, label_rows = [], []
     image_row = 0
     device = embed_tokens.weight.device

@@ -125,7 +125,7 @@ def unpatch(model: nn.Module) -> nn.Module:
     other_method = handler_for_model(model)
     if other_method is not None:
         return other_method.unpatch(model)
-    state = _require_patched(model, "unpatch")
+    state = require_patched(model, "unpatch")
     _restore_base(model, state)
     for name, p in model.named_parameters():
         p.requires_grad_(state.requires_grad_before.get(name, p.requires_grad))
@@ -151,13 +151,13 @@ def _restore_base(model: nn.Module, state: PatchState) -> None:
 MERGED_MODALITY_ATTR = "_fastmma_merged_modality"
 
 
-def _require_patched(model: nn.Module, action: str) -> PatchState:
+def require_patched(model: nn.Module, action: str) -> PatchState:
     if not is_patched(model):
         merged = getattr(model, MERGED_MODALITY_ATTR, None)
         if merged is not None:
             raise RuntimeError(f"fastmma.{action}: this model was merged for modality {merged} (fastmma.merge): its "
-                               f"adapters are folded into the base weights and there are none left to {action}; "
-                               f"use the patched model from before merging (save_adapters before merge)")
+                               f"adapters are folded into the base weights, so it has none left to save, merge or "
+                               f"unpatch; use the patched model from before merging (save_adapters before merge)")
         raise RuntimeError(f"fastmma.{action} needs a model patched by fastmma.patch; this one is not patched")
     return model._fastmma
 
@@ -167,6 +167,6 @@ def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     other_method = handler_for_model(model)
     if other_method is not None and other_method.parameters is not None:
         return other_method.parameters(model)
-    _require_patched(model, "adapter_parameters")
+    require_patched(model, "adapter_parameters")
     return {name: p for name, p in model.named_parameters()
             if ".adapter." in name or name.startswith(MODALITY_EMBEDDING_NAME + ".")}

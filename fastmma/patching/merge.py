@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..adapters.mma import dense_block_diagonal
-from .core import MERGED_MODALITY_ATTR, PatchSite, _require_patched, _restore_base
+from .core import MERGED_MODALITY_ATTR, PatchSite, _restore_base, is_patched, require_patched
 from .methods import handler_for_model
 
 
@@ -22,7 +22,7 @@ def merge(model: nn.Module, modality: int = 0) -> nn.Module:
     other_method = handler_for_model(model)
     if other_method is not None:
         return other_method.merge(model, modality=modality)
-    state = _require_patched(model, "merge")
+    state = require_patched(model, "merge")
     if isinstance(modality, bool) or not isinstance(modality, int) or not 0 <= modality < state.config.num_modalities:
         raise ValueError(f"fastmma.merge(modality=...) takes one int in [0, {state.config.num_modalities - 1}]; "
                          f"got {modality!r} (a merged model serves a single modality)")
@@ -37,8 +37,39 @@ def merge(model: nn.Module, modality: int = 0) -> nn.Module:
     _restore_base(model, state)
     for name, p in model.named_parameters():
         p.requires_grad_(state.requires_grad_before.get(name, p.requires_grad))
-    object.__setattr__(model, MERGED_MODALITY_ATTR, modality)      # for the error of a later save or merge
+    _mark_merged(model, modality)
     return model.train(was_training)
+
+
+def _mark_merged(model: nn.Module, modality: int) -> None:
+    """Record the merged modality (for the errors of a later save, merge or forward with another modality).
+
+    The check of `modality=` is a forward pre-hook, so forward keeps the base class's own signature.
+    """
+    if not hasattr(model, MERGED_MODALITY_ATTR):
+        model.register_forward_pre_hook(_check_merged_modality, with_kwargs=True)
+    object.__setattr__(model, MERGED_MODALITY_ATTR, modality)
+
+
+def _check_merged_modality(model: nn.Module, args: tuple, kwargs: dict):
+    """Drop a `modality=` naming the merged modality (code written for the patched model keeps working);
+    refuse any other, which the merged weights cannot serve."""
+    if is_patched(model) or "modality" not in kwargs:
+        return None
+    kwargs = dict(kwargs)
+    modality = kwargs.pop("modality")
+    merged = getattr(model, MERGED_MODALITY_ATTR)
+    if modality is not None and not _all_equal(modality, merged):
+        raise ValueError(f"this model was merged for modality {merged} (fastmma.merge), so it serves only that "
+                         f"modality; got modality={modality!r}. Merge a copy of the patched model for each modality")
+    return args, kwargs
+
+
+def _all_equal(modality, merged: int) -> bool:
+    if isinstance(modality, bool) or not isinstance(modality, (int, torch.Tensor)):
+        return False
+    modality = torch.as_tensor(modality)
+    return not modality.is_floating_point() and bool((modality == merged).all())
 
 
 def _fold_site(family, site: PatchSite, router_weights: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ signature names it, and inspects it for `position_ids` and `logits_to_keep`.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 
 import torch
@@ -56,12 +57,15 @@ def _make_patched_class(base_class: type) -> type:
     })
 
 
-MISSPELLED_MODALITY = ("modalities", "modality_id", "modality_ids")
+def _looks_like_modality(name: str) -> bool:
+    """`modalities`, `modality_ids`, `Modality`, `modaltiy`, ...: a keyword meant to be `modality`."""
+    name = name.lower()
+    return name.startswith("modal") or difflib.SequenceMatcher(None, name, "modality").ratio() >= 0.8
 
 
 def _reject_misspelled_modality(kwargs: dict) -> None:
     """Hugging Face forwards pass unknown keywords on silently: a misspelled `modality` would run as text."""
-    misspelled = [name for name in kwargs if name in MISSPELLED_MODALITY]
+    misspelled = [name for name in kwargs if _looks_like_modality(name)]
     if misspelled:
         raise TypeError(f"the patched model's forward got {misspelled}; the modality keyword is `modality=` "
                         f"(an int, or a LongTensor [batch] of ids: 0 = text, 1 = image)")
