@@ -113,7 +113,7 @@ VALID_MODELS = {"llm": "default", "vision": {"random": {}}}
     ({"models": VALID_MODELS, "data": [], "train": {}, "lavin": {"visual_evry": 1}},
      "LaVINConfig: unknown field(s) ['visual_evry']"),
     ({"models": VALID_MODELS, "data": [], "train": {}, "lavin": {"visual_every": "4"}},
-     '"lavin" has a value of the wrong type'),
+     "LaVINConfig.visual_every='4' must be a positive integer"),
     ({"models": {"llm": {"path": "/no/such/llm"}, "vision": {"random": {}}}, "data": [], "train": {}},
      "llm path '/no/such/llm' is not an existing folder"),
     ({"models": {"llm": "default", "vision": {"path": "/no/such/vit"}}, "data": [], "train": {}},

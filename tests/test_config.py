@@ -47,3 +47,21 @@ def test_round_trip_and_unknown_fields():
     assert MMAConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown field"):
         MMAConfig.from_dict({"rank": 4, "alpha": 2})
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(visual_every="4"), "visual_every"),
+    (dict(visual_every=0), "visual_every"),
+    (dict(visual_hidden=True), "visual_hidden"),
+    (dict(image_prefix=None), "image_prefix"),
+    (dict(system_prompt=3), "system_prompt"),
+    (dict(standardize_visual_features="yes"), "standardize_visual_features"),
+    (dict(llm_adapter="rank 8"), "llm_adapter"),
+])
+def test_lavin_config_names_the_bad_field(kwargs, field):
+    from fastmma.lavin import LaVINConfig
+
+    with pytest.raises(ValueError, match=f"LaVINConfig.{field}="):
+        LaVINConfig(**kwargs)
+    with pytest.raises(ValueError, match="unknown field"):
+        LaVINConfig.from_dict({"visual_evry": 2})

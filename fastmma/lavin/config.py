@@ -3,7 +3,29 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..config import MMAConfig
+from ..checks import check_fields, is_bool, positive_int
+from ..config import MMAConfig, config_from_dict
+
+
+def _is_str(value) -> bool:
+    return isinstance(value, str)
+
+
+def _is_mma_config(value) -> bool:
+    return isinstance(value, MMAConfig)
+
+
+# field: (test of a valid value, what the value must be, whether None is allowed)
+LAVIN_FIELD_RULES = {
+    "llm_adapter": (_is_mma_config, "an MMAConfig (or a dict of its fields)", False),
+    "vision_adapter": (_is_mma_config, "an MMAConfig (or a dict of its fields)", False),
+    "visual_every": (positive_int, "a positive integer", False),
+    "visual_hidden": (positive_int, "a positive integer", False),
+    "image_prefix": (_is_str, "a string", False),
+    "no_image_text": (_is_str, "a string", False),
+    "system_prompt": (_is_str, "a string (or None: the chat template's default)", True),
+    "standardize_visual_features": (is_bool, "true or false", False),
+}
 
 
 @dataclass
@@ -34,10 +56,7 @@ class LaVINConfig:
             self.llm_adapter = MMAConfig.from_dict(self.llm_adapter)
         if isinstance(self.vision_adapter, dict):
             self.vision_adapter = MMAConfig.from_dict(self.vision_adapter)
-        if self.visual_every < 1:
-            raise ValueError(f"LaVINConfig.visual_every must be >= 1, got {self.visual_every}")
-        if self.visual_hidden < 1:
-            raise ValueError(f"LaVINConfig.visual_hidden must be >= 1, got {self.visual_hidden}")
+        check_fields(self, LAVIN_FIELD_RULES)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -47,4 +66,4 @@ class LaVINConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "LaVINConfig":
-        return cls(**values)
+        return config_from_dict(cls, values)
