@@ -288,3 +288,14 @@ def test_demo_vit_lets_the_cls_token_see_every_patch():
     features = cls_features(vision, pixels, 1)                                     # [N, K, D]
     spread = ((features - features.mean(0)).norm(dim=-1) / features.mean(0).norm(dim=-1)).mean()
     assert spread > 0.04, "the CLS states of different images are nearly equal: the encoder shows no content"
+
+
+@pytest.mark.parametrize("extra", [{"seed": "0"}, {"seed": 1.5}, {"position_scale": "10"},
+                                   {"position_scale": float("nan")}])
+def test_random_vision_spec_checks_its_seed_and_position_scale(extra):
+    from fastmma.lavin.build import check_vision_spec
+
+    spec = {"random": {"hidden_size": 32}}
+    check_vision_spec(dict(spec, seed=3, position_scale=2.0))
+    with pytest.raises(ValueError, match="\"seed\" must be an integer and \"position_scale\" a finite number"):
+        check_vision_spec(dict(spec, **extra))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import is_int, is_number
 from ..patching.clip import vision_transformer
 
 # A small random ViT for the offline demo. With CLIP's default init the CLS states of different
@@ -92,6 +93,9 @@ def check_vision_spec(spec) -> None:
         _existing_folder(spec["path"], "vision")
         return
     _reject_unknown_fields(spec, RANDOM_VISION_FIELDS, "vision spec {\"random\": {...}}")
+    if not is_int(spec.get("seed", 0)) or not is_number(spec.get("position_scale", 1.0)):
+        raise ValueError(f"vision spec \"seed\" must be an integer and \"position_scale\" a finite number; got "
+                         f"{spec.get('seed', 0)!r} and {spec.get('position_scale', 1.0)!r}")
     if not isinstance(spec["random"], dict):
         raise ValueError(f"vision spec \"random\" must be an object of CLIPVisionConfig fields ({MAIN_VIT_FIELDS}), "
                          f"not {spec['random']!r}")
