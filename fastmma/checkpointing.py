@@ -5,6 +5,8 @@ import inspect
 
 from torch import nn
 
+from .checks import require_positive_int
+
 
 def enable_checkpointing(model: nn.Module, offload: bool = False, every_n_layers: int = 1) -> None:
     """Recompute decoder layers in backward (non-reentrant): every layer, or every n-th.
@@ -17,8 +19,7 @@ def enable_checkpointing(model: nn.Module, offload: bool = False, every_n_layers
     back in the backward. On a model whose parameters are on the CPU it is a no-op: the inputs are in CPU
     memory already, and copying them there again would only double them.
     """
-    if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
-        raise ValueError(f"every_n_layers must be a positive integer (1 = every layer); got {every_n_layers!r}")
+    require_positive_int("every_n_layers", every_n_layers, " (1 = every layer)")
     kwargs = {"use_reentrant": False}
     offload = offload and on_accelerator(model)
     if hasattr(model, "activation_checkpointing_enable"):

@@ -33,6 +33,12 @@ def is_bool(value) -> bool:
     return isinstance(value, bool)
 
 
+def require_positive_int(name: str, value, note: str = "") -> None:
+    """Raise ValueError naming `name` unless `value` is an int >= 1 (not a bool)."""
+    if not positive_int(value):
+        raise ValueError(f"{name} must be a positive integer{note}; got {value!r}")
+
+
 def check_fields(owner, rules: dict) -> None:
     """Raise ValueError naming the first field of `owner` that breaks its rule.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 
+from ..checks import is_int
 from .samples import VLSample
 
 KINDS = ("shapesqa", "text", "llava", "scienceqa")
@@ -44,13 +45,9 @@ def _check_field_names(spec: dict, options: dict, loader) -> None:
 
 def _check_integer_fields(spec: dict, options: dict) -> None:
     for name, minimum in INTEGER_FIELDS.items():
-        if name in options and not _is_integer_at_least(options[name], minimum):
+        if name in options and not (is_int(options[name]) and (minimum is None or options[name] >= minimum)):
             bound = "an integer" if minimum is None else f"an integer >= {minimum}"
             raise ValueError(f"data spec {spec!r}: \"{name}\" must be {bound}, not {options[name]!r}")
-
-
-def _is_integer_at_least(value, minimum: int | None) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
 
 
 def _shapesqa(num_samples, seed=0, image_size=64, split="train", question_types=None):

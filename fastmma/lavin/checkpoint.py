@@ -5,7 +5,6 @@ from pathlib import Path
 
 from torch import nn
 
-from ..config import config_from_dict
 from ..serialization import _copy_into, read_adapter_config, read_adapter_tensors, require_fields, write_adapter_files
 from .config import LaVINConfig
 
@@ -35,7 +34,7 @@ def load_lavin(directory: str | Path, llm: nn.Module, vision: nn.Module, tokeniz
             raise ValueError(f"{directory} was trained with a {key.replace('_', ' ')} {saved[key]}, but the one "
                              f"given is {_describe(module)}; pass the models it was trained on")
     tensors = read_adapter_tensors(directory, saved)
-    model = LaVIN(llm, vision, tokenizer, config_from_dict(LaVINConfig, saved["config"]))
+    model = LaVIN(llm, vision, tokenizer, LaVINConfig.from_dict(saved["config"]))
     model.model_spec = saved.get("model_spec")
     _copy_into(model.trainable_state(), tensors, directory)
     return model

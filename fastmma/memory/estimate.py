@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import positive_int, require_positive_int
 from ..config import MMAConfig
 from .chunked_loss import default_chunk_tokens
 
@@ -127,7 +128,7 @@ def model_dims(model_config) -> ModelDims:
 def _require_positive_ints(values: dict, keys) -> None:
     for key in keys:
         value = values.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not positive_int(value):
             raise ValueError(f"the model config's {key}={value!r} must be a positive integer")
 
 
@@ -265,13 +266,11 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     (`enable_checkpointing(model, every_n_layers=n)`); the others keep what they keep without it.
     """
     for name, value in (("batch", batch), ("seq_len", seq_len)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        require_positive_int(name, value)
     if config is not None and not isinstance(config, MMAConfig):
         raise TypeError(f"config must be an MMAConfig (MMAConfig.from_dict(...) for a dict); got "
                         f"{type(config).__name__}")
-    if isinstance(every_n_layers, bool) or not isinstance(every_n_layers, int) or every_n_layers < 1:
-        raise ValueError(f"every_n_layers must be a positive integer (1 = every layer); got {every_n_layers!r}")
+    require_positive_int("every_n_layers", every_n_layers, " (1 = every layer)")
     dims = model_dims(model_config)
     config = config or MMAConfig()
     config.check_hidden_size(dims.hidden_size)

@@ -8,6 +8,7 @@ signature names it, and inspects it for `position_ids` and `logits_to_keep`.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 
 import torch
@@ -57,6 +58,7 @@ def _make_patched_class(base_class: type) -> type:
     })
 
 
+@functools.lru_cache(maxsize=256)            # forward runs per generated token: compare each keyword once
 def _looks_like_modality(name: str) -> bool:
     """`modalities`, `modality_ids`, `Modality`, `modaltiy`, ...: a keyword meant to be `modality`."""
     name = name.lower()
