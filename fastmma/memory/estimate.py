@@ -370,13 +370,14 @@ def memory_table(model_config, batches, seq_len: int, dtype=torch.bfloat16, conf
     """Rows for `fastmma memory`: each batch size without checkpointing, with every n-th layer checkpointed
     (when n > 1) and with every layer checkpointed (sizes in GiB)."""
     settings = [(False, 1)] + ([(True, every_n_layers)] if every_n_layers > 1 else []) + [(True, 1)]
+    dims = model_dims(model_config)                   # a config.json is read once, not per row
     rows = []
     for batch in batches:
         for checkpointing, every in settings:
-            estimate = estimate_memory(model_config, batch, seq_len, dtype, checkpointing, config, every_n_layers=every)
+            estimate = estimate_memory(dims, batch, seq_len, dtype, checkpointing, config, every_n_layers=every)
             rows.append({"batch": batch, "seq_len": seq_len, "checkpointing": checkpointing,
                          "every_n_layers": every, "checkpointed_layers": estimate.checkpointed_layers,
-                         "num_layers": model_dims(model_config).num_hidden_layers,
+                         "num_layers": dims.num_hidden_layers,
                          "peak_gib": estimate.peak_bytes / GIB, "weights_gib": estimate.weights_bytes / GIB,
                          "activations_gib": estimate.activation_bytes / GIB,
                          "saved_kb_per_token_per_layer": estimate.saved_per_token_per_layer_kept / 1000,
