@@ -25,9 +25,10 @@ gradient keeps less: HF's norm then saves no input).
 
 Saved bytes come from fastmma.memory.measure (per decoder layer, each storage once, parameters
 excluded; see its docstring); "per token per layer" is the median over layers of layer bytes / (B*L),
-in KB = 1000 bytes. Logits: the saved tensors whose last dimension is the vocabulary, and the peak
-memory allocated while the LM head and the loss run (a CPU memory profile) less the non-logits tensors
-they keep (the chunked loss's gradient [tokens, D]), against the full fp32 logits [B*L, vocab].
+in KB = 1000 bytes. Logits: the saved tensors whose last dimension is the vocabulary; the most bytes of
+tensors with a vocabulary-sized dimension alive at once while the LM head and the loss run
+(fastmma.memory.live_logits), against the full fp32 logits [B*L, vocab]; and the peak memory allocated
+over that span (a CPU memory profile: logits, the chunked loss's gradient [tokens, D], row indices).
 Step time (SmolLM2): forward + loss + backward, variants interleaved step by step after warm-up.
 With --keep-freed-memory glibc keeps freed memory in the process (benchmarks/timing.py): no step then
 pays page faults for fresh memory, which otherwise weigh on the variants that allocate full logits.
@@ -56,7 +57,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import fastmma  # noqa: E402
 from fastmma.checkpointing import enable_checkpointing  # noqa: E402
 from fastmma.memory.estimate import estimate_memory  # noqa: E402
-from fastmma.ops import backend, cpp_swiglu  # noqa: E402
+from fastmma.ops import backend, cpp_cross_entropy, cpp_swiglu  # noqa: E402
 from fastmma.memory.measure import decoder_layers, measure_saved_bytes, peak_bytes_during  # noqa: E402
 from fastmma.reference import LaVINAdapter  # noqa: E402
 from timing import interleaved, keep_freed_memory, summary  # noqa: E402  (benchmarks/timing.py)
@@ -175,10 +176,8 @@ def measure_variant(model, kwargs) -> dict:
             "kb_per_token_per_layer": result.per_token_per_layer("storage") / KB,
             "layers_storage_bytes": [layer.storage_bytes for layer in result.layers],
             "outside_bytes": result.outside.storage_bytes, "head_and_loss_bytes": result.head_and_loss.storage_bytes,
-            # the logits part of the head+loss peak: what it allocates beyond the non-logits tensors it keeps
-            # (the chunked loss's gradient [tokens, D])
-            "logits_peak_bytes": result.peak_loss_bytes - (result.head_and_loss.storage_bytes -
-                                                           result.vocab_sized.storage_bytes),
+            # the most logits (tensors with a vocab-sized dimension) alive at once while the head + loss ran
+            "logits_peak_bytes": result.peak_logits_bytes,
             "other_layer_calls_bytes": result.other_layer_calls.storage_bytes,
             "logits_saved_bytes": result.vocab_sized.storage_bytes, "peak_loss_bytes": result.peak_loss_bytes,
             "total_saved_bytes": result.total("storage"), "total_saved_tensor_bytes": result.total("tensor"),
@@ -232,7 +231,7 @@ def run_case(name, base, ids, lavin_linear_form, check_conv_form=False, embeds_f
                                                ("fastmma_ckpt", True, fastmma.MMAConfig()),
                                                ("fastmma_recompute_mlp", False, RECOMPUTE_MLP)):
         estimate = estimate_memory(config, ids.shape[0], ids.shape[1], dtype, checkpointing, mma_config,
-                                   gpu_overhead=False)
+                                   gpu_overhead=False, fused_loss=cpp_cross_entropy.applies(torch.device("cpu"), dtype))
         measured = rows[variant]
         out["estimate_vs_measured"][variant] = {
             "per_token_per_layer_bytes": [estimate.saved_per_token_per_layer_kept, measured["per_token_per_layer_bytes"]],
@@ -335,7 +334,8 @@ def peak_training_memory(model, kwargs, ids, checkpointing) -> dict:
     _, dynamic = peak_bytes_during(step)
     dtype = model.get_input_embeddings().weight.dtype
     estimate = estimate_memory(model.config, ids.shape[0], ids.shape[1], dtype, checkpointing, fastmma.MMAConfig(),
-                               gpu_overhead=False, fused_swiglu=backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu"))
+                               gpu_overhead=False, fused_swiglu=backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu"),
+                               fused_loss=cpp_cross_entropy.applies(torch.device("cpu"), dtype))
     measured = static + dynamic
     return {"measured_peak_bytes": measured, "measured_static_bytes": static,
             "estimated_peak_allocated_bytes": estimate.peak_allocated_bytes,

@@ -1,6 +1,7 @@
 // Python bindings of the C++ CPU kernels (module fastmma._C).
 #include <torch/extension.h>
 
+#include "cross_entropy.h"
 #include "norm_adapter.h"
 #include "outputs.h"
 #include "swiglu.h"
@@ -25,6 +26,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "Backward of silu(gate) * up: returns (grad_gate, grad_up), None where not asked for",
              pybind11::arg("grad_out"), pybind11::arg("gate"), pybind11::arg("up"), pybind11::arg("need_grad_gate"),
              pybind11::arg("need_grad_up"));
+  module.def("cross_entropy_grad_", &fastmma::cross_entropy_grad_,
+             "Softmax cross-entropy of vocab-major logits [V, C] against targets [C]: overwrites the logits with "
+             "grad_scale * (softmax - onehot) and returns the summed loss",
+             pybind11::arg("logits"), pybind11::arg("targets"), pybind11::arg("grad_scale"));
   module.def("set_poison_outputs", &fastmma::set_poison_outputs,
              "Tests: fill every output the kernels allocate with NaN before computing it", pybind11::arg("enabled"));
 }

@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import fastmma
-from fastmma.ops import backend, cpp_swiglu
+from fastmma.ops import backend, cpp_cross_entropy, cpp_swiglu
 from fastmma.checkpointing import enable_checkpointing
 from fastmma.cli import main
 from fastmma.memory.estimate import estimate_memory, model_dims, per_layer_constant_bytes, saved_per_token_per_layer
@@ -148,7 +148,8 @@ def test_estimated_peak_matches_a_measured_training_step(dtype, checkpointing, c
     measured = _static_bytes(model, optimizer) + dynamic
     fused_swiglu = backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu")      # the C++ kernel, as on this CPU
     estimate = estimate_memory(model.config, batch, length, dtype, bool(checkpointing), config, gpu_overhead=False,
-                               fused_swiglu=fused_swiglu, every_n_layers=every_n_layers)
+                               fused_swiglu=fused_swiglu, every_n_layers=every_n_layers,
+                               fused_loss=cpp_cross_entropy.applies(torch.device("cpu"), dtype))
     print(f"estimate / measured peak: {estimate.peak_allocated_bytes / measured:.3f}")
     assert estimate.peak_allocated_bytes == pytest.approx(measured, rel=0.05)
 

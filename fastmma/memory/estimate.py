@@ -9,7 +9,8 @@
   gradient [tokens, D]) and per-layer constants (the adapter's fp32 tables);
 - logits chunk: the chunked loss holds one [chunk, vocab] fp32 buffer (plus its `dtype` copy when the
   model is not fp32), chunk = `chunked_loss.default_chunk_tokens` (a tenth of the tokens for an fp32 model,
-  a sixteenth otherwise); it lives at the end of the forward;
+  a sixteenth otherwise); with the C++ kernel on CPU (`fused_loss=True`) one [chunk, vocab] buffer in
+  `dtype`, an eighth of the tokens; it lives at the end of the forward;
 - backward working set (an allowance): while one layer runs backward it holds gradients about as big as
   what it saved, plus two [tokens, D] gradients of the residual stream; with checkpointing the layer is
   first recomputed, so its full saved set comes back as well (with recompute_attention, what it did not
@@ -254,7 +255,7 @@ class MemoryEstimate:
 
 def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16, checkpointing: bool = False,
                     config: MMAConfig | None = None, gpu_overhead: bool = True,
-                    fused_swiglu: bool = False, every_n_layers: int = 1) -> MemoryEstimate:
+                    fused_swiglu: bool = False, every_n_layers: int = 1, fused_loss: bool = False) -> MemoryEstimate:
     """Predict peak training memory of fastmma for `batch` sequences of `seq_len` tokens (see module docstring).
 
     model_config: a transformers config (LlamaConfig, ...), a dict of its keys, a preset name
@@ -262,6 +263,7 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     dtype: the frozen base's dtype (torch dtype or "bf16"/"fp16"/"fp32"). config: the MMAConfig.
     gpu_overhead: add the CUDA context / workspaces and fragmentation allowance (False for CPU).
     fused_swiglu: the SwiGLU runs fastmma's fused kernel (CPU with the C++ extension), not autograd's ops.
+    fused_loss: the chunked loss runs fastmma's in-place kernel (CPU with the C++ extension).
     every_n_layers: with checkpointing, only layers 0, n, 2n, ... are recomputed
     (`enable_checkpointing(model, every_n_layers=n)`); the others keep what they keep without it.
     """
@@ -291,8 +293,8 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     outside = tokens * (2 * d * size + 4)                 # final norm input + rstd, chunked loss's gradient
     activations = layers_saved + constants_kept + modality_pass + outside
 
-    chunk = default_chunk_tokens(tokens, torch_dtype)
-    logits_chunk = chunk * dims.vocab_size * (4 + (size if size < 4 else 0))
+    chunk = default_chunk_tokens(tokens, torch_dtype, in_place=fused_loss)
+    logits_chunk = chunk * dims.vocab_size * (size if fused_loss else 4 + (size if size < 4 else 0))
     plain_constant = constants_kept // max(1, layers - checkpointed)
     backward = _backward_bytes(dims, config, tokens, size, full_per_token, (plain_kept, plain_constant),
                                fused_swiglu, checkpointing, every_n_layers)

@@ -32,7 +32,9 @@ was current when autograd saved it. Rules:
 With `profile_loss=True` a CPU memory profile runs from the moment the decoder (`decoder`, the
 module whose forward returns the last hidden states) returns until `run()` returns, and
 `peak_loss_bytes` is the largest amount allocated above that point: the LM head and the loss,
-including the logits that live only during the loss.
+including the logits that live only during the loss; over the same span `peak_logits_bytes` is the
+most bytes of logits (tensors with a vocabulary-sized dimension, `live_logits.LiveVocabSized`) alive
+at once.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+
+from .live_logits import LiveVocabSized
 
 OUTSIDE = "outside"
 HEAD_AND_LOSS = "head_and_loss"
@@ -71,6 +75,7 @@ class SavedBytes:
     vocab_sized: RegionBytes                  # saved tensors whose last dim is the vocabulary (logits), any region
     tensors: list[dict] = field(default_factory=list)   # one row per kept storage
     peak_loss_bytes: int | None = None        # see the module docstring
+    peak_logits_bytes: int | None = None      # see the module docstring
 
     def per_token_per_layer(self, kind: str = "storage") -> float:
         """Median over layers of layer bytes / tokens."""
@@ -98,6 +103,7 @@ class SavedBytes:
                "total_tensor_bytes": self.total("tensor")}
         if self.peak_loss_bytes is not None:
             out["peak_loss_bytes"] = self.peak_loss_bytes
+            out["peak_logits_bytes"] = self.peak_logits_bytes
         return out
 
 
@@ -232,6 +238,8 @@ def measure_saved_bytes(model: nn.Module, run, *, layers=None, vocab_size: int |
     if decoder is not None:
         handles.append(decoder.register_forward_hook(lambda module, args, output: tracker.decoder_returned()))
     if profile_loss:
+        profiler["logits"] = LiveVocabSized(vocab_size, getattr(getattr(model, "config", None), "hidden_size", None),
+                                            exclude=[*model.parameters(), *model.buffers(), *exclude])
         handles.append(decoder.register_forward_hook(lambda module, args, output: _start_profiler(profiler)))
     try:
         with torch.autograd.graph.saved_tensors_hooks(tracker.pack, lambda packed: packed):
@@ -242,8 +250,10 @@ def measure_saved_bytes(model: nn.Module, run, *, layers=None, vocab_size: int |
         for handle in handles:
             handle.remove()
         if profiler.get("running"):
+            profiler["logits"].__exit__(None, None, None)
             profiler["profile"].__exit__(None, None, None)
     result.peak_loss_bytes = peak
+    result.peak_logits_bytes = profiler["logits"].peak_bytes if profile_loss else None
     del output
     return result
 
@@ -311,12 +321,14 @@ def _start_profiler(state: dict) -> None:
 
     state["profile"] = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     state["profile"].__enter__()
+    state["logits"].__enter__()
     state["running"] = True
 
 
 def _stop_profiler(state: dict) -> int:
     if not state.get("running"):
         raise RuntimeError("profile_loss: the decoder never returned during the measured forward")
+    state["logits"].__exit__(None, None, None)
     state["profile"].__exit__(None, None, None)
     state["running"] = False
     return peak_allocated_bytes(state["profile"])

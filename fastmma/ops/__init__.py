@@ -8,3 +8,4 @@ __all__ = ["BACKENDS", "mma_adapter", "requested_backend", "resolve", "rms_norm_
            "rms_norm_adapter_folded", "rms_norm_adapter_linear"]
 from . import cpp_backend  # noqa: F401,E402  (registers the "cpp" backend when the C++ extension is built)
 from . import cpp_swiglu  # noqa: F401,E402
+from . import cpp_cross_entropy  # noqa: F401,E402
