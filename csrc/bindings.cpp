@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "cross_entropy.h"
+#include "few_rows_linear.h"
 #include "norm_adapter.h"
 #include "outputs.h"
 #include "swiglu.h"
@@ -30,6 +31,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "Softmax cross-entropy of vocab-major logits [V, C] against targets [C]: overwrites the logits with "
              "grad_scale * (softmax - onehot) and returns the summed loss",
              pybind11::arg("logits"), pybind11::arg("targets"), pybind11::arg("grad_scale"));
+  module.def("few_rows_linear_forward", &fastmma::few_rows_linear_forward,
+             "A frozen Linear on 1 to 8 rows, each weight row read once: returns x @ weight.T + bias",
+             pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"));
+  module.def("few_rows_linear_backward", &fastmma::few_rows_linear_backward,
+             "Input gradient of the few-rows Linear: returns grad_y @ weight", pybind11::arg("grad_y"),
+             pybind11::arg("weight"));
   module.def("set_poison_outputs", &fastmma::set_poison_outputs,
              "Tests: fill every output the kernels allocate with NaN before computing it", pybind11::arg("enabled"));
 }

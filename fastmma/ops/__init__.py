@@ -9,3 +9,4 @@ __all__ = ["BACKENDS", "mma_adapter", "requested_backend", "resolve", "rms_norm_
 from . import cpp_backend  # noqa: F401,E402  (registers the "cpp" backend when the C++ extension is built)
 from . import cpp_swiglu  # noqa: F401,E402
 from . import cpp_cross_entropy  # noqa: F401,E402
+from . import cpp_few_rows_linear  # noqa: F401,E402

@@ -62,6 +62,15 @@ def _owns_its_storage(weight: torch.Tensor) -> bool:
         weight.untyped_storage().nbytes() == weight.numel() * weight.element_size()
 
 
+def weight_in(linear: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """`linear`'s weight in `dtype`: itself, the cached copy when the Linear caches one, else a fresh cast."""
+    if linear.weight.dtype == dtype:
+        return linear.weight
+    if base_class(linear, _MARKER) is not None and _owns_its_storage(linear.weight):
+        return _cast_weight(linear, dtype)
+    return linear.weight.to(dtype)
+
+
 def _cast_weight(linear: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     weight = linear.weight
     key = (dtype, weight.device, weight.data_ptr(), weight._version)

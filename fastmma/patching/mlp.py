@@ -33,6 +33,11 @@ def _is_silu(module) -> bool:
                                            and type(module).__module__.startswith("transformers."))
 
 
+def is_swiglu_mlp(mlp: nn.Module) -> bool:
+    """Whether `mlp` was swapped to the recomputing forward (a SiLU-gated gate/up/down MLP)."""
+    return getattr(type(mlp), "_fastmma_base_class", None) is not None
+
+
 def restore_mlp(mlp: nn.Module) -> None:
     base = getattr(type(mlp), "_fastmma_base_class", None)
     if base is not None:
