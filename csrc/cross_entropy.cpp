@@ -5,26 +5,21 @@
 #include <algorithm>
 #include <vector>
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include "cross_entropy_kernels.h"
+#include "dispatch.h"
 
 namespace fastmma {
 namespace {
 
 constexpr int64_t kGrainColumns = 16;
 
-// The dtypes check_inputs admits, and no others.
-#define FASTMMA_DISPATCH_CROSS_ENTROPY_TYPES(TYPE, NAME, ...)              \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
-
 void check_inputs(const at::Tensor& logits, const at::Tensor& targets) {
   TORCH_CHECK(logits.device().is_cpu() && targets.device().is_cpu(),
               "cross_entropy_grad_ (cpp backend): logits and targets must be CPU tensors");
   const auto dtype = logits.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+  TORCH_CHECK(is_kernel_float_type(dtype),
               "cross_entropy_grad_ (cpp backend): logits have dtype ", dtype,
               "; expected float32, bfloat16 or float16 (use the torch path for others)");
   TORCH_CHECK(logits.dim() == 2 && logits.is_contiguous(),
@@ -51,7 +46,7 @@ double cross_entropy_grad_(at::Tensor& logits, const at::Tensor& targets_in, dou
   const int64_t* target_data = targets.data_ptr<int64_t>();
   double* loss_data = column_loss.data();
   const float scale = static_cast<float>(grad_scale);
-  FASTMMA_DISPATCH_CROSS_ENTROPY_TYPES(logits.scalar_type(), "cross_entropy_grad_", [&] {
+  FASTMMA_DISPATCH_FLOAT_TYPES(logits.scalar_type(), "cross_entropy_grad_", [&] {
     scalar_t* logits_data = logits.data_ptr<scalar_t>();
     at::parallel_for(0, columns, kGrainColumns, [&](int64_t begin, int64_t end) {
       for (int64_t first = begin; first < end; first += kernels::kCrossEntropySpan) {

@@ -2,9 +2,9 @@
 // The row math is in few_rows_linear_kernels.h.
 #include "few_rows_linear.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include "dispatch.h"
 #include "few_rows_linear_kernels.h"
 #include "outputs.h"
 
@@ -14,15 +14,11 @@ namespace {
 constexpr int64_t kGrainOutputs = 64;     // weight rows per forward task
 constexpr int64_t kGrainInputs = 256;     // input features per backward task
 
-#define FASTMMA_DISPATCH_FEW_ROWS_TYPES(TYPE, NAME, ...)                   \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
-
 void check_operand(const at::Tensor& tensor, const char* name, int64_t dim, const at::Tensor& weight) {
   TORCH_CHECK(tensor.device().is_cpu(), "few_rows_linear (cpp backend): ", name, " is on ", tensor.device(),
               "; this backend runs on CPU tensors only");
   const auto dtype = tensor.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, "few_rows_linear (cpp backend): ",
+  TORCH_CHECK(is_kernel_float_type(dtype), "few_rows_linear (cpp backend): ",
               name, " has dtype ", dtype, "; expected float32, bfloat16 or float16");
   TORCH_CHECK(dtype == weight.scalar_type(), "few_rows_linear (cpp backend): ", name, " is ", dtype,
               " but the weight is ", weight.scalar_type(), "; pass one dtype");
@@ -56,7 +52,7 @@ at::Tensor few_rows_linear_forward(const at::Tensor& x_in, const at::Tensor& wei
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor x = x_in.to(at::kFloat).contiguous();                                // [M, K] float
   at::Tensor y = new_output({rows, n_count}, weight.options());
-  FASTMMA_DISPATCH_FEW_ROWS_TYPES(weight.scalar_type(), "few_rows_linear_forward", [&] {
+  FASTMMA_DISPATCH_FLOAT_TYPES(weight.scalar_type(), "few_rows_linear_forward", [&] {
     const scalar_t* weight_data = weight.data_ptr<scalar_t>();
     const scalar_t* bias_data = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     scalar_t* y_data = y.data_ptr<scalar_t>();
@@ -78,7 +74,7 @@ at::Tensor few_rows_linear_backward(const at::Tensor& grad_y_in, const at::Tenso
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor grad_y = grad_y_in.to(at::kFloat).contiguous();                     // [M, N] float
   at::Tensor grad_x = new_output({rows, k}, weight.options());
-  FASTMMA_DISPATCH_FEW_ROWS_TYPES(weight.scalar_type(), "few_rows_linear_backward", [&] {
+  FASTMMA_DISPATCH_FLOAT_TYPES(weight.scalar_type(), "few_rows_linear_backward", [&] {
     const scalar_t* weight_data = weight.data_ptr<scalar_t>();
     scalar_t* grad_x_data = grad_x.data_ptr<scalar_t>();
     const float* grad_y_data = grad_y.data_ptr<float>();

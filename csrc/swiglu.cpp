@@ -2,9 +2,9 @@
 // The element math is in swiglu_kernels.h.
 #include "swiglu.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include "dispatch.h"
 #include "outputs.h"
 #include "swiglu_kernels.h"
 
@@ -13,16 +13,11 @@ namespace {
 
 constexpr int64_t kGrainElements = 32768;
 
-// The dtypes check_operand admits, and no others (no float64 instantiation).
-#define FASTMMA_DISPATCH_SWIGLU_TYPES(TYPE, NAME, ...)                     \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
-
 void check_operand(const at::Tensor& tensor, const char* name, const at::Tensor& gate) {
   TORCH_CHECK(tensor.device().is_cpu(), "swiglu (cpp backend): ", name, " is on ", tensor.device(),
               "; this backend runs on CPU tensors only");
   const auto dtype = tensor.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, "swiglu (cpp backend): ", name,
+  TORCH_CHECK(is_kernel_float_type(dtype), "swiglu (cpp backend): ", name,
               " has dtype ", dtype, "; expected float32, bfloat16 or float16 (use the torch path for others)");
   TORCH_CHECK(dtype == gate.scalar_type() && tensor.sizes() == gate.sizes(), "swiglu (cpp backend): ", name, " is ",
               dtype, " ", tensor.sizes(), " but gate is ", gate.scalar_type(), " ", gate.sizes(),
@@ -36,7 +31,7 @@ at::Tensor swiglu_forward(const at::Tensor& gate_in, const at::Tensor& up_in) {
   check_operand(up_in, "up", gate_in);
   const at::Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
   at::Tensor out = new_output(gate.sizes(), gate.options());
-  FASTMMA_DISPATCH_SWIGLU_TYPES(gate.scalar_type(), "swiglu_forward", [&] {
+  FASTMMA_DISPATCH_FLOAT_TYPES(gate.scalar_type(), "swiglu_forward", [&] {
     const scalar_t* gate_data = gate.data_ptr<scalar_t>();
     const scalar_t* up_data = up.data_ptr<scalar_t>();
     scalar_t* out_data = out.data_ptr<scalar_t>();
@@ -58,7 +53,7 @@ std::vector<at::Tensor> swiglu_backward(const at::Tensor& grad_out_in, const at:
   if (!need_grad_gate && !need_grad_up) {
     return {grad_gate, grad_up};
   }
-  FASTMMA_DISPATCH_SWIGLU_TYPES(gate.scalar_type(), "swiglu_backward", [&] {
+  FASTMMA_DISPATCH_FLOAT_TYPES(gate.scalar_type(), "swiglu_backward", [&] {
     const scalar_t* grad_out_data = grad_out.data_ptr<scalar_t>();
     const scalar_t* gate_data = gate.data_ptr<scalar_t>();
     const scalar_t* up_data = up.data_ptr<scalar_t>();

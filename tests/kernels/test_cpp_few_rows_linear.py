@@ -16,18 +16,12 @@ from fastmma.ops import cpp_backend, cpp_few_rows_linear
 
 from ..helpers import assert_close_to_reference, randomize_adapters, tiny_causal_lm
 
-pytestmark = pytest.mark.skipif(not cpp_backend.is_available(),
-                                reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")
+pytestmark = [pytest.mark.skipif(not cpp_backend.is_available(),
+                                 reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)"),
+              pytest.mark.usefixtures("poisoned_outputs")]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHAPES = [(2, 576, 1536), (1, 37, 5), (8, 1037, 259), (3, 2050, 7), (5, 16, 64)]     # rows, in, out
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs():
-    cpp_backend._C.set_poison_outputs(True)
-    yield
-    cpp_backend._C.set_poison_outputs(False)
 
 
 def _operands(shape, seed):

@@ -17,8 +17,9 @@ from fastmma.ops import cpp_backend, norm_adapter
 from ..helpers import assert_close_to_reference, randomize_adapters, tiny_causal_lm
 from .inputs import assert_backend_matches_reference, make_inputs
 
-pytestmark = pytest.mark.skipif(not cpp_backend.is_available(),
-                                reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")
+pytestmark = [pytest.mark.skipif(not cpp_backend.is_available(),
+                                 reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)"),
+              pytest.mark.usefixtures("poisoned_outputs")]
 
 EPS = 1e-5
 SCALE = 0.7
@@ -39,14 +40,6 @@ SHAPES = [
     (2, 11, 72, 32, 2, 4),
 ]
 ACTIVATION_INPUTS = ("x", "norm_weight", "h_mask")   # in the case's dtype; adapter parameters stay fp32
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs():
-    """Every tensor the kernels allocate starts as NaN instead of whatever memory held."""
-    cpp_backend._C.set_poison_outputs(True)
-    yield
-    cpp_backend._C.set_poison_outputs(False)
 
 
 def cast_inputs(inputs, activation_dtype, parameter_dtype=torch.float32):

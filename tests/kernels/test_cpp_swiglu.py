@@ -17,18 +17,12 @@ from fastmma.ops import cpp_backend, cpp_swiglu
 
 from ..helpers import assert_close_to_reference, randomize_adapters, tiny_causal_lm
 
-pytestmark = pytest.mark.skipif(not cpp_backend.is_available(),
-                                reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")
+pytestmark = [pytest.mark.skipif(not cpp_backend.is_available(),
+                                 reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)"),
+              pytest.mark.usefixtures("poisoned_outputs")]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHAPES = [(3, 5, 37), (1, 1), (2, 1037), (4, 64, 96), (7,)]      # tails shorter than a SIMD pack, blocks, one element
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs():
-    cpp_backend._C.set_poison_outputs(True)
-    yield
-    cpp_backend._C.set_poison_outputs(False)
 
 
 def _inputs(shape, seed):
