@@ -46,7 +46,7 @@ class MMAConfig:
     recompute_attention: (off by default) each decoder layer keeps only its input and the q, v,
         gate and up projections' outputs; backward recomputes k, the attention, o_proj and the
         element-wise ops (no q/v/gate/up/down GEMM runs twice): about half LaVIN-style's
-        activations for roughly a tenth more step time on CPU.
+        activations for roughly an eighth more step time on CPU.
     chunked_loss: with labels and autograd on, the LM head + loss run in chunks so the
         [tokens, vocab] logits are never stored (the output's `logits` is then None).
     recompute_norm: the frozen RMSNorms without an adapter (and the final norm) keep only their
