@@ -12,7 +12,6 @@ with torch ops: a tenth of the tokens, or a sixteenth when a 16-bit copy exists 
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

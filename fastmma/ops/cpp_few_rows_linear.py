@@ -51,7 +51,8 @@ def few_rows_linear(linear: nn.Linear, x: torch.Tensor, weight_for) -> torch.Ten
 
 def applies(linear: nn.Module, x: torch.Tensor) -> bool:
     """A frozen plain nn.Linear on CPU, few rows, a dtype the kernel takes, with the backend choice allowing it."""
-    if not isinstance(linear, nn.Linear) or x.device.type != "cpu" or x.numel() > MAX_ROWS * x.shape[-1]:
+    rows = x.numel() // max(1, x.shape[-1])
+    if not isinstance(linear, nn.Linear) or x.device.type != "cpu" or not 1 <= rows <= MAX_ROWS:
         return False
     weight, bias = linear.weight, linear.bias
     if weight.requires_grad or (bias is not None and bias.requires_grad) or type(weight) not in (torch.Tensor,
