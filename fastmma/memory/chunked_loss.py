@@ -23,8 +23,9 @@ IGNORE_INDEX = -100
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, head_weight, targets, normalizer, chunk_tokens):
+    def forward(ctx, hidden, head_weight, targets, normalizer, chunk_tokens, in_place):
         # hidden [N, D], head_weight [V, D] (frozen), targets [N] with IGNORE_INDEX for no-loss rows.
+        # in_place: the C++ kernel takes this device and the head's output dtype (cpp_cross_entropy.applies).
         # Only the scored rows go through the head (LaVIN scores the answers alone); the others get a zero gradient.
         compute = torch.promote_types(hidden.dtype, torch.float32)               # logits in at least fp32
         loss_sum = torch.zeros((), dtype=compute, device=hidden.device)         # the torch path's chunks
@@ -35,7 +36,6 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         # autocast at each of the chunk's two GEMMs (a frozen weight's cast is not cached by autocast).
         gemm_dtype = _head_output_dtype(hidden, head_weight)
         head = head_weight.to(gemm_dtype)                                        # [V, D]
-        in_place = cpp_cross_entropy.applies(hidden.device, gemm_dtype)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, scored_rows.shape[0], chunk_tokens):
                 rows = scored_rows[start:start + chunk_tokens]                   # [chunk]
@@ -55,7 +55,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_loss.to(grad_hidden.dtype), None, None, None, None
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), None, None, None, None, None
 
 
 def _chunk_loss_and_grad(hidden_rows, head_weight, chunk_targets, compute):
@@ -108,7 +108,7 @@ def chunked_linear_cross_entropy(hidden_states: torch.Tensor, head_weight: torch
     logits_dtype = _head_output_dtype(hidden, head_weight)
     in_place = cpp_cross_entropy.applies(hidden.device, logits_dtype)
     chunk = chunk_tokens or default_chunk_tokens(hidden.shape[0], logits_dtype, in_place)
-    return _ChunkedLinearCrossEntropy.apply(hidden, head_weight, targets, max(normalizer, 1.0), chunk)
+    return _ChunkedLinearCrossEntropy.apply(hidden, head_weight, targets, max(normalizer, 1.0), chunk, in_place)
 
 
 MIN_CHUNK_TOKENS = 16

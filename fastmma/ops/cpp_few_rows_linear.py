@@ -33,40 +33,35 @@ class FewRowsLinear(torch.autograd.Function):
         return grad_x, None, None
 
 
-def few_rows_linear(linear: nn.Linear, x: torch.Tensor, weight_for) -> torch.Tensor:
-    """linear(x) for x [..., K] with at most MAX_ROWS rows, in the dtype autocast would run it in.
+def run_dtype(linear: nn.Module, x: torch.Tensor) -> torch.dtype | None:
+    """The dtype the kernel would run `linear(x)` in (autocast's, else the operands' common one), or None when
+    the kernel does not apply: not a frozen plain nn.Linear on CPU, not 1 to MAX_ROWS rows, a dtype it does not
+    take, or a backend choice that rules it out."""
+    rows = x.numel() // max(1, x.shape[-1])
+    if not isinstance(linear, nn.Linear) or x.device.type != "cpu" or not 1 <= rows <= MAX_ROWS:
+        return None
+    weight, bias = linear.weight, linear.bias
+    if weight.requires_grad or (bias is not None and bias.requires_grad) or type(weight) not in (torch.Tensor,
+                                                                                                 nn.Parameter):
+        return None
+    dtype = autocast_dtype(x.device.type, x.dtype, weight.dtype) or (x.dtype if x.dtype == weight.dtype else None)
+    if dtype not in DTYPES or not backend.has_implementation(OP_FEW_ROWS_LINEAR, "cpu"):
+        return None
+    return dtype
 
-    weight_for(linear, dtype): the weight in `dtype` (the autocast weight cache's copy when it differs).
-    """
-    dtype = _run_dtype(linear, x)
+
+def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """F.linear(x, weight, bias) in `dtype` for x [..., K] of at most MAX_ROWS rows (see `run_dtype`);
+    `weight` is already in `dtype` (e.g. the autocast weight cache's copy)."""
     rows = x.reshape(-1, x.shape[-1]).to(dtype)                                          # [M, K]
-    bias = None if linear.bias is None else linear.bias.detach().to(dtype)
-    weight = weight_for(linear, dtype).detach()
+    bias = None if bias is None else bias.detach().to(dtype)
+    weight = weight.detach()
     if torch.is_grad_enabled() and x.requires_grad:
         out = FewRowsLinear.apply(rows, weight, bias)                                    # [M, N]
     else:
         out = _C.few_rows_linear_forward(rows, weight, bias)
     return out.view(*x.shape[:-1], out.shape[-1])
-
-
-def applies(linear: nn.Module, x: torch.Tensor) -> bool:
-    """A frozen plain nn.Linear on CPU, few rows, a dtype the kernel takes, with the backend choice allowing it."""
-    rows = x.numel() // max(1, x.shape[-1])
-    if not isinstance(linear, nn.Linear) or x.device.type != "cpu" or not 1 <= rows <= MAX_ROWS:
-        return False
-    weight, bias = linear.weight, linear.bias
-    if weight.requires_grad or (bias is not None and bias.requires_grad) or type(weight) not in (torch.Tensor,
-                                                                                                 nn.Parameter):
-        return False
-    return _run_dtype(linear, x) in DTYPES and backend.has_implementation(OP_FEW_ROWS_LINEAR, "cpu")
-
-
-def _run_dtype(linear: nn.Linear, x: torch.Tensor) -> torch.dtype | None:
-    """The dtype F.linear would compute in: autocast's, else the operands' common dtype (None if they differ)."""
-    dtype = autocast_dtype(x.device.type, x.dtype, linear.weight.dtype)
-    if dtype is not None:
-        return dtype
-    return x.dtype if x.dtype == linear.weight.dtype else None
 
 
 if is_available():

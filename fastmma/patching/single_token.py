@@ -52,9 +52,10 @@ def single_token_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _linear(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if cpp_few_rows_linear.applies(linear, x):
-        return cpp_few_rows_linear.few_rows_linear(linear, x, weight_in)
-    return linear(x)
+    dtype = cpp_few_rows_linear.run_dtype(linear, x)
+    if dtype is None:
+        return linear(x)
+    return cpp_few_rows_linear.few_rows_linear(x, weight_in(linear, dtype), linear.bias, dtype)
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
