@@ -1,6 +1,7 @@
 // Python bindings of the C++ CPU kernels (module fastmma._C).
 #include <torch/extension.h>
 
+#include "causal_softmax.h"
 #include "cross_entropy.h"
 #include "few_rows_linear.h"
 #include "norm_adapter.h"
@@ -37,6 +38,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("few_rows_linear_backward", &fastmma::few_rows_linear_backward,
              "Input gradient of the few-rows Linear: returns grad_y @ weight", pybind11::arg("grad_y"),
              pybind11::arg("weight"));
+  module.def("causal_probs_", &fastmma::causal_probs_,
+             "Causal attention backward: raw score blocks become exp(scale * scores - lse) in place",
+             pybind11::arg("scores"), pybind11::arg("lse"), pybind11::arg("first_row"), pybind11::arg("block_rows"),
+             pybind11::arg("scale"));
+  module.def("causal_softmax_backward_", &fastmma::causal_softmax_backward_,
+             "Causal attention backward: grad_probs becomes the raw scores' gradient in place",
+             pybind11::arg("grad_probs"), pybind11::arg("probs"), pybind11::arg("scale"));
   module.def("set_poison_outputs", &fastmma::set_poison_outputs,
              "Tests: fill every output the kernels allocate with NaN before computing it", pybind11::arg("enabled"));
 }

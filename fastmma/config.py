@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from .checks import check_fields, is_bool, is_number, positive_int, positive_number
 
 MMA_TARGETS = ("attn", "ffn")
-ATTN_IMPLEMENTATIONS = ("auto", "keep", "sdpa", "eager", "flash_attention_2")   # see fastmma/patching/attention.py
+ATTN_IMPLEMENTATIONS = ("auto", "keep", "fastmma", "sdpa", "eager", "flash_attention_2")   # see fastmma/patching/attention.py
 
 
 def _probability(value) -> bool:
@@ -43,10 +43,10 @@ class MMAConfig:
     recompute_swiglu: the frozen SwiGLU MLP keeps only its gate and up outputs for backward.
     recompute_mlp: (off by default) the frozen SwiGLU MLP keeps only its input for backward and
         recomputes the gate and up projections there: less memory for two more GEMMs per layer.
-    recompute_attention: (off by default) each decoder layer keeps only its input and the q, v,
-        gate and up projections' outputs; backward recomputes k, the attention, o_proj and the
-        element-wise ops (no q/v/gate/up/down GEMM runs twice): about half LaVIN-style's
-        activations for roughly an eighth more step time on CPU.
+    recompute_attention: (off by default) each decoder layer keeps only its input, the v, o_proj,
+        gate and up projections' outputs and (with the "fastmma" attention) the attention's
+        log-sum-exp; backward recomputes q, k and the element-wise ops (no attention forward, no
+        v/o/gate/up/down GEMM runs twice): under half LaVIN-style's activations.
     chunked_loss: with labels and autograd on, the LM head + loss run in chunks so the
         [tokens, vocab] logits are never stored (the output's `logits` is then None).
     recompute_norm: the frozen RMSNorms without an adapter (and the final norm) keep only their
@@ -54,8 +54,11 @@ class MMAConfig:
     cache_autocast_weights: under autocast, each frozen Linear of the decoder layers keeps its weight
         cast to the autocast dtype instead of casting it at every call (autocast caches only the casts
         of weights that train); same results, one low-precision copy of those weights in memory.
-    attn_implementation: "auto" (flash-attn 2 on CUDA in fp16/bf16 when `flash_attn` is installed,
-        else SDPA), "keep" (the model's own), or "sdpa" / "eager" / "flash_attention_2".
+    attn_implementation: "auto" (flash-attn 2 on CUDA in fp16/bf16 when `flash_attn` is installed;
+        "fastmma" on CPU with the C++ kernels built; else SDPA), "keep" (the model's own), or
+        "fastmma" / "sdpa" / "eager" / "flash_attention_2". "fastmma" (fastmma/patching/cpu_attention.py)
+        is SDPA except for causal training-shaped calls on CPU, whose backward keeps q, k, v and the
+        log-sum-exp but not the attention output.
     """
 
     rank: int = 8

@@ -68,6 +68,20 @@ def norm_adapter_by_expert_reference(x, norm_weight, eps, down_weight, down_bias
                                   one_hot, scale, h_mask)
 
 
+def causal_attention_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                               scale: float) -> torch.Tensor:
+    """softmax(scale * q k^T, causal) v, written out: query [B, H, L, d], key / value [B, KV, L, d] (each key /
+    value head serves H / KV query heads); returns [B, L, H, d]."""
+    group = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(group, dim=1)                                        # [B, H, L, d]
+    value = value.repeat_interleave(group, dim=1)
+    scores = scale * query @ key.transpose(-1, -2)                                   # [B, H, L, L]
+    length = query.shape[2]
+    future = torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1)
+    probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    return (probs @ value).transpose(1, 2)
+
+
 class LaVINAdapter(nn.Module):
     """LaVIN's RepAdapter_Router: grouped 1x1 Conv1d layers on a [B, D, L] transpose.
 

@@ -7,7 +7,7 @@ import torch
 import fastmma
 from fastmma import TrainConfig
 from fastmma import checkpointing as ckpt
-from fastmma.patching import attention
+from fastmma.patching import attention, cpu_attention
 
 from .helpers import tiny_causal_lm
 
@@ -17,13 +17,19 @@ from .helpers import tiny_causal_lm
     ("auto", "cuda", torch.float16, True, "eager", "flash_attention_2"),
     ("auto", "cuda", torch.bfloat16, False, "sdpa", "sdpa"),        # flash-attn not installed
     ("auto", "cuda", torch.float32, True, "sdpa", "sdpa"),          # flash-attn needs fp16 / bf16
-    ("auto", "cpu", torch.bfloat16, True, "eager", "sdpa"),
+    ("auto", "cpu", torch.bfloat16, True, "eager", "fastmma"),
     ("keep", "cuda", torch.bfloat16, True, "eager", "eager"),
     ("eager", "cuda", torch.bfloat16, True, "sdpa", "eager"),
 ])
 def test_choice(monkeypatch, requested, device, dtype, installed, current, expected):
     monkeypatch.setattr(attention, "flash_attn_installed", lambda: installed)
+    monkeypatch.setattr(attention.cpu_attention, "available", lambda: True)
     assert attention.choose_attn_implementation(requested, device, dtype, current) == expected
+
+
+def test_auto_on_cpu_without_the_cpp_kernels_is_sdpa(monkeypatch):
+    monkeypatch.setattr(attention.cpu_attention, "available", lambda: False)
+    assert attention.choose_attn_implementation("auto", "cpu", torch.float32, "eager") == "sdpa"
 
 
 def _fake_cuda_model(monkeypatch, refuse=False):
@@ -62,11 +68,11 @@ def test_auto_falls_back_to_sdpa_when_transformers_refuses(monkeypatch):
         fastmma.patch(model2, fastmma.MMAConfig(attn_implementation="flash_attention_2"))
 
 
-def test_on_cpu_an_eager_model_gets_sdpa_and_keep_keeps_it():
+def test_on_cpu_an_eager_model_gets_the_cpu_attention_and_keep_keeps_it():
     model = tiny_causal_lm("llama", attn_implementation="eager")
     assert model.config._attn_implementation == "eager"
     fastmma.patch(model)
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == ("fastmma" if cpu_attention.available() else "sdpa")
     fastmma.unpatch(model)
     assert model.config._attn_implementation == "eager"
     fastmma.patch(model, fastmma.MMAConfig(attn_implementation="keep"))

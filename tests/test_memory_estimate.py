@@ -12,6 +12,7 @@ from fastmma.checkpointing import enable_checkpointing
 from fastmma.cli import main
 from fastmma.memory.estimate import estimate_memory, model_dims, per_layer_constant_bytes, saved_per_token_per_layer
 from fastmma.memory.measure import measure_saved_bytes, peak_bytes_during
+from fastmma.patching import cpu_attention
 
 TINY_CONFIG = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
                "vocab_size": 97, "model_type": "llama"}
@@ -30,7 +31,7 @@ def test_llama_7b_layer_by_hand():
                 + 4 * (1 + 8 + 8 + 32 + 1) + 8)         # rstd x2, h, dropout mask, logsumexp per head; int64 row index
     assert sum(per_token.values()) == expected == 93_392
     kept = estimate_memory("llama-7b", 4, 512, "bf16", config=fastmma.MMAConfig(recompute_attention=True))
-    assert kept.saved_per_token_per_layer_kept == bf16 * (3 * d + 2 * inter) == 68_608      # x, q, v, gate, up
+    assert kept.saved_per_token_per_layer_kept == bf16 * (3 * d + 2 * inter) == 68_608      # x, v, o_proj out, gate, up
     assert estimate_memory("llama-7b", 4, 512, "bf16").saved_per_token_per_layer_kept == expected
     estimate = estimate_memory("llama-7b", batch=4, seq_len=512, dtype="bf16", checkpointing=True)
     assert estimate.saved_per_token_per_layer_kept == d * bf16
@@ -76,7 +77,8 @@ def test_estimated_activations_match_the_measured_saved_bytes(dtype, kv_heads, c
         enable_checkpointing(model)
     ids = torch.randint(0, 500, (batch, length), generator=torch.Generator().manual_seed(0))
     measured = measure_saved_bytes(model, lambda: model(ids, labels=ids, modality=0).loss)
-    estimate = estimate_memory(model.config, batch, length, dtype, checkpointing, config, gpu_overhead=False)
+    estimate = estimate_memory(model.config, batch, length, dtype, checkpointing, config, gpu_overhead=False,
+                               fused_attention=_fused_attention(model))
     # per layer: exactly the formula (per token) plus the adapter's tables (per layer)
     recomputes = checkpointing or config.recompute_attention        # the tables are then recomputed too
     constant = 0 if recomputes else per_layer_constant_bytes(model_dims(model.config), batch, dtype, config)
@@ -96,8 +98,11 @@ def test_checkpointing_every_other_layer_matches_the_measured_saved_bytes(dtype,
     enable_checkpointing(model, every_n_layers=2)
     ids = torch.randint(0, 500, (batch, length), generator=torch.Generator().manual_seed(0))
     measured = measure_saved_bytes(model, lambda: model(ids, labels=ids, modality=0).loss)
-    estimate = estimate_memory(model.config, batch, length, dtype, True, config, gpu_overhead=False, every_n_layers=2)
-    plain = estimate_memory(model.config, batch, length, dtype, False, config, gpu_overhead=False)
+    fused_attention = _fused_attention(model)
+    estimate = estimate_memory(model.config, batch, length, dtype, True, config, gpu_overhead=False, every_n_layers=2,
+                               fused_attention=fused_attention)
+    plain = estimate_memory(model.config, batch, length, dtype, False, config, gpu_overhead=False,
+                            fused_attention=fused_attention)
     constant = 0 if config.recompute_attention else per_layer_constant_bytes(model_dims(model.config), batch, dtype,
                                                                             config)
     input_bytes = measured.tokens * model.config.hidden_size * dtype.itemsize
@@ -107,8 +112,14 @@ def test_checkpointing_every_other_layer_matches_the_measured_saved_bytes(dtype,
     assert measured.layers[2].storage_bytes == input_bytes
     assert estimate.layers_saved_bytes == 2 * input_bytes + plain.saved_per_token_per_layer_kept * measured.tokens
     assert estimate.activation_bytes == pytest.approx(measured.total(), rel=0.10)
-    full = estimate_memory(model.config, batch, length, dtype, True, config, gpu_overhead=False)
+    full = estimate_memory(model.config, batch, length, dtype, True, config, gpu_overhead=False,
+                           fused_attention=fused_attention)
     assert full.activation_bytes < estimate.activation_bytes < plain.activation_bytes
+
+
+def _fused_attention(model) -> bool:
+    """Whether the patched model runs fastmma's CPU attention (no attention output kept)."""
+    return model.config._attn_implementation == cpu_attention.NAME
 
 
 def _static_bytes(model, optimizer):
@@ -149,7 +160,8 @@ def test_estimated_peak_matches_a_measured_training_step(dtype, checkpointing, c
     fused_swiglu = backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu")      # the C++ kernel, as on this CPU
     estimate = estimate_memory(model.config, batch, length, dtype, bool(checkpointing), config, gpu_overhead=False,
                                fused_swiglu=fused_swiglu, every_n_layers=every_n_layers,
-                               fused_loss=cpp_cross_entropy.applies(torch.device("cpu"), dtype))
+                               fused_loss=cpp_cross_entropy.applies(torch.device("cpu"), dtype),
+                               fused_attention=_fused_attention(model))
     print(f"estimate / measured peak: {estimate.peak_allocated_bytes / measured:.3f}")
     assert estimate.peak_allocated_bytes == pytest.approx(measured, rel=0.05)
 

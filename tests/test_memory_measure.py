@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import fastmma
+from fastmma.patching import cpu_attention
 from fastmma.checkpointing import enable_checkpointing
 from fastmma.memory.measure import measure_saved_bytes, peak_bytes_during
 from fastmma.ops import backend
@@ -144,7 +145,9 @@ def test_fastmma_keeps_less_than_hugging_face_and_no_logits():
         rank, experts, per_group = 8, 2, 8 // 2
         adapter_rows = N * rank * F32 + N * 8
         adapter_tables = (experts * per_group * hidden + 2 * B * experts + B * per_group * hidden) * F32
-        expected = floor.layers[1].storage_bytes - N * inter * F32 + adapter_rows + adapter_tables
+        # fastmma's CPU attention keeps no attention output [tokens, H * hd] (SDPA's does)
+        attention_output = N * hidden * F32 if patched.config._attn_implementation == cpu_attention.NAME else 0
+        expected = floor.layers[1].storage_bytes - N * inter * F32 - attention_output + adapter_rows + adapter_tables
         assert lean.layers[1].storage_bytes == expected
     assert lean.vocab_sized.storage_bytes == 0                     # chunked loss: no logits kept
     # the modality pass runs the layers' parts on one token per modality (fastmma.patching.single_token), not
@@ -153,17 +156,20 @@ def test_fastmma_keeps_less_than_hugging_face_and_no_logits():
     assert lean.outside.storage_bytes > floor.outside.storage_bytes
 
 
-def test_recomputing_layers_keep_their_input_q_v_gate_and_up():
-    config = fastmma.MMAConfig(recompute_attention=True)
+@pytest.mark.parametrize("attention", ["auto", "sdpa"])
+def test_recomputing_layers_keep_their_input_v_o_gate_up_and_the_attention_logsumexp(attention):
+    config = fastmma.MMAConfig(recompute_attention=True, attn_implementation=attention)
     patched = fastmma.patch(tiny_causal_lm("llama", num_hidden_layers=3), config).train()
     ids = torch.randint(3, 97, (B, L), generator=torch.Generator().manual_seed(0))
     result = measure_saved_bytes(patched, lambda: patched(ids, labels=ids, modality=0).loss)
     config = patched.config
     head_dim = config.hidden_size // config.num_attention_heads
-    per_token = (config.hidden_size + (config.num_attention_heads + config.num_key_value_heads) * head_dim
-                 + 2 * config.intermediate_size)
-    assert [layer.storage_bytes for layer in result.layers[1:]] == [N * per_token * F32] * 2
-    assert all(layer.storages == 5 for layer in result.layers[1:])            # x, q, v, gate, up
+    per_token = (2 * config.hidden_size + config.num_key_value_heads * head_dim + 2 * config.intermediate_size)
+    fused_attention = config._attn_implementation == cpu_attention.NAME       # + its logsumexp [B, H, L]
+    logsumexp = N * config.num_attention_heads * F32 if fused_attention else 0
+    assert [layer.storage_bytes for layer in result.layers[1:]] == [N * per_token * F32 + logsumexp] * 2
+    # x, v, o_proj's output, gate, up (and the logsumexp)
+    assert all(layer.storages == 5 + fused_attention for layer in result.layers[1:])
 
 
 def test_checkpointed_layers_keep_only_their_input():

@@ -27,14 +27,15 @@ intermediate; r adapter rank), what fastmma's layers keep with SDPA or flash-att
     adapted norm (fused op)     x: D*s, rstd: 4, h: 4r, dropout mask: 4r (when dropout > 0), row index: 8
     plain norm (lean op)        x: D*s, rstd: 4          (recompute_norm=False and s < 4: x in fp32, 4D)
     attention (SDPA / flash)    q: H*hd*s, k and v: KV*hd*s each, output: H*hd*s, logsumexp: 4H
+                                (fastmma's CPU attention, `fused_attention=True`: no output)
     SwiGLU MLP                  gate and up: 2I*s        (recompute_swiglu=False: 3I*s; recompute_mlp: D*s)
     with checkpointing          the layer input only: D*s (the rest is recomputed in backward); with
                                 `every_n_layers=n` only layers 0, n, 2n, ... are checkpointed
 
 What a layer really keeps (`kept_per_token_per_layer`): the whole list above without recomputation;
-with `recompute_attention` (opt-in) its input, q, v, and gate and up: (D + H*hd + KV*hd + 2I)*s
-(without gate and up under `recompute_mlp`), the rest coming back while the layer runs backward; with
-checkpointing its input alone.
+with `recompute_attention` (opt-in) its input, v, o_proj's output, and gate and up: (2D + KV*hd + 2I)*s
+(without gate and up under `recompute_mlp`), plus the attention's logsumexp 4H with fastmma's CPU
+attention, the rest coming back while the layer runs backward; with checkpointing its input alone.
 
 These are the tensors `fastmma.memory.measure` finds on CPU; tests/test_memory_estimate.py checks the
 formula against it. Frozen Linear layers keep no input (autograd saves only what the needed gradients
@@ -163,8 +164,10 @@ def dtype_of(dtype) -> torch.dtype:
 
 
 def saved_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMAConfig | None = None,
-                              training: bool = True) -> dict[str, float]:
-    """Bytes one decoder layer keeps for backward per token, by tensor (no checkpointing). See the module docstring."""
+                              training: bool = True, fused_attention: bool = False) -> dict[str, float]:
+    """Bytes one decoder layer keeps for backward per token, by tensor (no checkpointing). See the module docstring.
+
+    fused_attention: the attention is fastmma's CPU one (its backward needs no attention output)."""
     config = config or MMAConfig()
     size = torch.empty((), dtype=dtype_of(dtype)).element_size()
     d, hd = dims.hidden_size, dims.head_dim
@@ -183,7 +186,8 @@ def saved_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMA
     out["attention: q"] = dims.num_attention_heads * hd * size
     out["attention: k"] = dims.num_key_value_heads * hd * size
     out["attention: v"] = dims.num_key_value_heads * hd * size
-    out["attention: output"] = dims.num_attention_heads * hd * size
+    if not fused_attention:
+        out["attention: output"] = dims.num_attention_heads * hd * size
     out["attention: logsumexp"] = 4 * dims.num_attention_heads
     if config.recompute_mlp:
         out["MLP: input"] = d * size
@@ -195,9 +199,10 @@ def saved_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMA
 
 
 def kept_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMAConfig | None = None,
-                             checkpointing: bool = False) -> float:
-    """Bytes one decoder layer really keeps per token: its input with checkpointing; its input, q, v (and
-    gate and up unless recompute_mlp) with recompute_attention; else everything it saves."""
+                             checkpointing: bool = False, fused_attention: bool = False) -> float:
+    """Bytes one decoder layer really keeps per token: its input with checkpointing; its input, v, o_proj's
+    output (gate and up unless recompute_mlp, the attention's logsumexp with fused_attention) with
+    recompute_attention; else everything it saves."""
     config = config or MMAConfig()
     size = torch.empty((), dtype=dtype_of(dtype)).element_size()
     d, hd = dims.hidden_size, dims.head_dim
@@ -205,8 +210,9 @@ def kept_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMAC
         return d * size
     if config.recompute_attention:
         stashed_mlp = 0 if config.recompute_mlp else 2 * dims.intermediate_size
-        return (d + (dims.num_attention_heads + dims.num_key_value_heads) * hd + stashed_mlp) * size
-    return sum(saved_per_token_per_layer(dims, dtype, config).values())
+        logsumexp = 4 * dims.num_attention_heads if fused_attention else 0
+        return (2 * d + dims.num_key_value_heads * hd + stashed_mlp) * size + logsumexp
+    return sum(saved_per_token_per_layer(dims, dtype, config, fused_attention=fused_attention).values())
 
 
 def per_layer_constant_bytes(dims: ModelDims, batch: int, dtype=torch.bfloat16, config: MMAConfig | None = None) -> int:
@@ -255,7 +261,8 @@ class MemoryEstimate:
 
 def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16, checkpointing: bool = False,
                     config: MMAConfig | None = None, gpu_overhead: bool = True,
-                    fused_swiglu: bool = False, every_n_layers: int = 1, fused_loss: bool = False) -> MemoryEstimate:
+                    fused_swiglu: bool = False, every_n_layers: int = 1, fused_loss: bool = False,
+                    fused_attention: bool = False) -> MemoryEstimate:
     """Predict peak training memory of fastmma for `batch` sequences of `seq_len` tokens (see module docstring).
 
     model_config: a transformers config (LlamaConfig, ...), a dict of its keys, a preset name
@@ -264,6 +271,7 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     gpu_overhead: add the CUDA context / workspaces and fragmentation allowance (False for CPU).
     fused_swiglu: the SwiGLU runs fastmma's fused kernel (CPU with the C++ extension), not autograd's ops.
     fused_loss: the chunked loss runs fastmma's in-place kernel (CPU with the C++ extension).
+    fused_attention: the attention is fastmma's CPU one (attn_implementation "fastmma"): no saved output.
     every_n_layers: with checkpointing, only layers 0, n, 2n, ... are recomputed
     (`enable_checkpointing(model, every_n_layers=n)`); the others keep what they keep without it.
     """
@@ -281,10 +289,11 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     tokens = batch * seq_len
     layers, d = dims.num_hidden_layers, dims.hidden_size
 
-    per_token = saved_per_token_per_layer(dims, torch_dtype, config)
+    per_token = saved_per_token_per_layer(dims, torch_dtype, config, fused_attention=fused_attention)
     full_per_token = sum(per_token.values())
     checkpointed = -(-layers // every_n_layers) if checkpointing else 0           # layers 0, n, 2n, ...
-    plain_kept = kept_per_token_per_layer(dims, torch_dtype, config)              # the layers not checkpointed
+    plain_kept = kept_per_token_per_layer(dims, torch_dtype, config,              # the layers not checkpointed
+                                          fused_attention=fused_attention)
     layers_saved = tokens * (checkpointed * d * size + (layers - checkpointed) * plain_kept)
     constants_kept = 0 if plain_kept != full_per_token else \
         (layers - checkpointed) * per_layer_constant_bytes(dims, batch, torch_dtype, config)
@@ -297,7 +306,7 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
     logits_chunk = chunk * dims.vocab_size * (size if fused_loss else 4 + (size if size < 4 else 0))
     plain_constant = constants_kept // max(1, layers - checkpointed)
     backward = _backward_bytes(dims, config, tokens, size, full_per_token, (plain_kept, plain_constant),
-                               fused_swiglu, checkpointing, every_n_layers)
+                               fused_swiglu, checkpointing, every_n_layers, fused_attention)
 
     weights = dims.base_parameters() * size
     sites = layers * len(config.targets)
@@ -321,7 +330,8 @@ def estimate_memory(model_config, batch: int, seq_len: int, dtype=torch.bfloat16
 
 
 def _backward_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size: int, full_per_token: float,
-                    plain: tuple[float, int], fused_swiglu: bool, checkpointing: bool, every_n_layers: int) -> float:
+                    plain: tuple[float, int], fused_swiglu: bool, checkpointing: bool, every_n_layers: int,
+                    fused_attention: bool = False) -> float:
     """The most backward holds beyond the activations the forward left: backward runs the layers last to
     first, each freeing what it kept, so while layer j runs the layers above it hold nothing any more; layer
     j's working set is its gradients and what its recomputation brings back.
@@ -329,7 +339,8 @@ def _backward_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size: int, 
     plain: (bytes per token, bytes per layer) that a layer not checkpointed keeps."""
     d, layer_full = dims.hidden_size, tokens * full_per_token
     plain_kept, plain_constant = plain
-    gradients = _layer_backward_bytes(dims, config, tokens, size, layer_full, fused_swiglu) + 2 * tokens * d * size
+    gradients = _layer_backward_bytes(dims, config, tokens, size, layer_full, fused_swiglu, fused_attention) + \
+        2 * tokens * d * size
     plain_layer = (tokens * plain_kept + plain_constant,
                    gradients + _recomputed_bytes(dims, config, tokens, size, layer_full, plain_kept, False))
     checkpointed_layer = (tokens * d * size,
@@ -356,15 +367,18 @@ def _recomputed_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size: int
 
 
 def _layer_backward_bytes(dims: ModelDims, config: MMAConfig, tokens: int, size: int, layer_full: int,
-                          fused_swiglu: bool) -> int:
+                          fused_swiglu: bool, fused_attention: bool = False) -> int:
     """What one layer's backward holds besides the residual-stream gradients: gradients about as big as what
-    the layer saved, less autograd's two SwiGLU temporaries [tokens, I] when the fused kernel runs; with
+    the layer saved, less autograd's two SwiGLU temporaries [tokens, I] when the fused kernel runs, plus
+    fastmma's CPU attention backward's float32 dk, dv accumulators (and float32 k, v below fp32); with
     recompute_mlp at least the recomputed gate and up with their gradients, [tokens, I] each (autograd's
     SwiGLU backward adds two more)."""
     swiglu_temporaries = 2 * tokens * dims.intermediate_size * size
+    attention = tokens * dims.num_key_value_heads * dims.head_dim * 4 * (2 if size == 4 else 4) \
+        if fused_attention else 0
     if config.recompute_mlp:
-        return max(layer_full, 2 * swiglu_temporaries + (0 if fused_swiglu else swiglu_temporaries))
-    return layer_full - (swiglu_temporaries if fused_swiglu else 0)
+        return max(layer_full + attention, 2 * swiglu_temporaries + (0 if fused_swiglu else swiglu_temporaries))
+    return layer_full - (swiglu_temporaries if fused_swiglu else 0) + attention
 
 
 def memory_table(model_config, batches, seq_len: int, dtype=torch.bfloat16, config: MMAConfig | None = None,

@@ -1,12 +1,13 @@
 """Selective recomputation of a frozen decoder layer: keep a few GEMM outputs, recompute the rest.
 
 A frozen LLaMA-layout layer keeps, without recomputation, its two norm inputs, q, k, v, the
-attention output (and logsumexp), and the SwiGLU gate and up outputs. Run under
+attention's log-sum-exp (and with SDPA its output), and the SwiGLU gate and up outputs. Run under
 `recompute_layer`, the layer keeps its input and the outputs of the Linear layers named
-"stashed" (q, v, gate and up by default): the expensive GEMMs. In backward the layer's forward
-runs again inside a non-reentrant activation checkpoint; each stashed Linear returns its kept
-output instead of multiplying again, so the recomputation costs only the cheap GEMMs (k_proj,
-o_proj), the attention forward and the element-wise ops. The MLP's down projection saves nothing
+"stashed" (v, o_proj, gate and up by default) and, with the "fastmma" attention, its log-sum-exp
+(`LayerStash.attention`). In backward the layer's forward runs again inside a non-reentrant
+activation checkpoint; each stashed Linear returns its kept output instead of multiplying again
+and the attention skips its forward, so the recomputation costs q_proj, k_proj and the
+element-wise ops (with SDPA also the attention forward). The MLP's down projection saves nothing
 for backward (`frozen_linear`), so torch's early stop ends the recomputation before it.
 
 The stashed outputs travel as saved tensors of one autograd node on the layer's output
@@ -26,13 +27,14 @@ from torch.utils.checkpoint import checkpoint
 from ..kv_cache import cache_in, without_cache
 
 _ACTIVE = threading.local()
+ATTENTION = "attention"
 
 
 class LayerStash:
     """The stashed Linear outputs of one decoder-layer call: recorded in forward, replayed in backward."""
 
     def __init__(self):
-        self.outputs: dict[int, torch.Tensor] = {}          # id(Linear module) -> its output
+        self.outputs: dict[object, torch.Tensor] = {}       # id(Linear) -> its output; (ATTENTION, id) -> lse
         self.replaying = False
 
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
@@ -45,6 +47,17 @@ class LayerStash:
             raise RuntimeError("fastmma layer recomputation: a stashed Linear ran in backward without a kept output "
                                "(the layer's output node did not run first); disable MMAConfig.recompute_attention")
         return _ReplayedLinear.apply(x, module.weight, kept)
+
+    def attention(self, module, run):
+        """run(kept_lse) -> (output, lse or None): the attention of `module`; the replay hands it the kept
+        log-sum-exp, and its output is not needed then (o_proj's kept output stands in for what follows)."""
+        key = (ATTENTION, id(module))
+        if not self.replaying:
+            output, lse = run(None)
+            if lse is not None:
+                self.outputs[key] = lse.detach()
+            return output
+        return run(self.outputs.get(key))[0]
 
     @contextmanager
     def active(self):

@@ -1,10 +1,13 @@
-"""Which attention kernel a patched model runs: PyTorch SDPA, or flash-attn 2 on CUDA when it is installed.
+"""Which attention kernel a patched model runs: fastmma's on CPU, flash-attn 2 on CUDA when it is installed,
+else PyTorch SDPA.
 
 `MMAConfig.attn_implementation`:
 - "auto" (default): "flash_attention_2" when the model is on CUDA in fp16/bf16 and the `flash_attn`
-  package is importable (if transformers then refuses it, a warning and SDPA); otherwise "sdpa";
+  package is importable (if transformers then refuses it, a warning and SDPA); "fastmma"
+  (cpu_attention.py: a backward that keeps no attention output) on CPU when the C++ kernels are
+  built; otherwise "sdpa";
 - "keep": leave the model's own setting;
-- "sdpa", "eager", "flash_attention_2": that one (an error if transformers cannot use it here).
+- "fastmma", "sdpa", "eager", "flash_attention_2": that one (an error if transformers cannot use it here).
 `fastmma.unpatch` puts the model's previous setting back.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import ATTN_IMPLEMENTATIONS
+from . import cpu_attention
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -33,6 +37,8 @@ def choose_attn_implementation(requested: str, device_type: str, dtype: torch.dt
         return requested
     if device_type == "cuda" and dtype in _FLASH_DTYPES and flash_attn_installed():
         return "flash_attention_2"
+    if device_type == "cpu" and cpu_attention.available():
+        return cpu_attention.NAME
     return "sdpa"
 
 

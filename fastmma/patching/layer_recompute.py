@@ -1,4 +1,5 @@
-"""MMAConfig.recompute_attention: decoder layers that keep their input, q, v, gate and up only.
+"""MMAConfig.recompute_attention: decoder layers that keep their input, v, o_proj's output, gate, up
+and the attention's log-sum-exp only.
 
 See fastmma.memory.layer_recompute for the mechanism. Here the layer, its stashed Linear layers
 and the MLP's down projection get subclasses swapped in with `__class__` (parameters and names
@@ -15,7 +16,7 @@ from .class_swap import base_class, restore_forwards, swap_forward
 from .single_token import fsdp_wrapped
 
 _MARKER = "_fastmma_layer_recompute_base"
-STASHED_ATTENTION = ("q_proj", "v_proj")
+STASHED_ATTENTION = ("v_proj", "o_proj")
 STASHED_MLP = ("gate_proj", "up_proj")
 
 
@@ -23,7 +24,7 @@ def use_layer_recompute(layer: nn.Module, mlp_attr: str | None, stash_mlp: bool 
     """Swap `layer` to the selectively recomputing forward if it has the LLaMA layout; return whether it did."""
     attention = getattr(layer, "self_attn", None)
     mlp = getattr(layer, mlp_attr, None) if mlp_attr else None
-    linears = [getattr(attention, name, None) for name in (*STASHED_ATTENTION, "k_proj", "o_proj")]
+    linears = [getattr(attention, name, None) for name in (*STASHED_ATTENTION, "q_proj", "k_proj")]
     mlp_linears = [getattr(mlp, name, None) for name in (*STASHED_MLP, "down_proj")]
     if not all(isinstance(linear, nn.Linear) for linear in linears + mlp_linears):
         return False

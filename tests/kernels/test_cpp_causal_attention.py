@@ -1,0 +1,127 @@
+"""fastmma's CPU causal attention (fastmma/ops/cpp_causal_attention.py: torch's flash forward, a blocked
+backward without the attention output, C++ softmax kernels) against the written-out fp64 oracle
+(fastmma.reference.causal_attention_reference), forward and the three gradients, in fp32/bf16/fp16, on odd
+lengths (a partial last block, one query row, several blocks) and grouped-query heads. The error must stay
+within 2x plain PyTorch's (the same oracle run in the same dtype) + a small floor.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastmma.ops import cpp_backend, cpp_causal_attention
+from fastmma.reference import causal_attention_reference
+
+from ..helpers import assert_close_to_reference
+
+pytestmark = [pytest.mark.skipif(not cpp_backend.is_available(),
+                                 reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# (batch, query heads, key/value heads, length, head dim): blocks of 64 rows, so 130 = 2 blocks + 2 rows
+SHAPES = [(2, 6, 2, 37, 16), (1, 4, 4, 130, 8), (3, 3, 1, 1, 5), (1, 2, 1, 64, 24), (2, 9, 3, 97, 64)]
+
+
+def _inputs(shape, seed):
+    batch, heads, kv_heads, length, head_dim = shape
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, length, heads, head_dim, dtype=torch.float64, generator=generator).transpose(1, 2)
+    key = torch.randn(batch, kv_heads, length, head_dim, dtype=torch.float64, generator=generator)
+    value = torch.randn(batch, kv_heads, length, head_dim, dtype=torch.float64, generator=generator)
+    grad_out = torch.randn(batch, length, heads, head_dim, dtype=torch.float64, generator=generator)
+    return query, key, value, grad_out
+
+
+def _run(fn, inputs, dtype):
+    query, key, value, grad_out = inputs
+    leaves = [t.detach().to(dtype).requires_grad_() for t in (query, key, value)]
+    scale = query.shape[-1] ** -0.5
+    out = fn(*leaves, scale)
+    out.backward(grad_out.to(dtype))
+    return (out.detach(), *(leaf.grad for leaf in leaves))
+
+
+def _fast(query, key, value, scale):
+    return cpp_causal_attention.causal_attention(query, key, value, scale)[0]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_matches_fp64_within_plain_pytorch_error(shape, dtype):
+    inputs = _inputs(shape, seed=sum(shape))
+    exact = _run(causal_attention_reference, inputs, torch.float64)
+    plain = _run(causal_attention_reference, inputs, dtype)
+    fast = _run(_fast, inputs, dtype)
+    for name, f, p, e in zip(("out", "grad_query", "grad_key", "grad_value"), fast, plain, exact):
+        assert f.dtype == dtype and f.shape == e.shape, name
+        assert_close_to_reference(f, p, e, what=f"{name} {dtype} {shape}")
+
+
+def test_keeps_q_k_v_and_the_logsumexp_but_not_the_output():
+    query, key, value, _ = (t.float() for t in _inputs((2, 4, 2, 40, 8), seed=1))
+    leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out, lse = cpp_causal_attention.causal_attention(*leaves, 0.3)
+    assert [tuple(t.shape) for t in saved] == [(2, 4, 40, 8), (2, 2, 40, 8), (2, 2, 40, 8), (2, 4, 40)]
+    assert not any(t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr() for t in saved)
+    assert lse.shape == (2, 4, 40) and lse.dtype == torch.float32 and not lse.requires_grad
+
+
+def test_a_replay_with_the_kept_logsumexp_gives_the_same_gradients_without_a_forward():
+    query, key, value, grad_out = (t.float() for t in _inputs((2, 6, 3, 70, 16), seed=2))
+
+    def grads(kept_lse):
+        leaves = [t.detach().requires_grad_() for t in (query, key, value)]
+        out, lse = cpp_causal_attention.causal_attention(*leaves, 0.25, kept_lse)
+        out.backward(grad_out.float())
+        return lse, [leaf.grad for leaf in leaves]
+
+    lse, expected = grads(None)
+    calls = []
+    original = cpp_causal_attention.flash_forward
+    cpp_causal_attention.flash_forward = lambda *args: calls.append(args) or original(*args)
+    try:
+        _, replayed = grads(lse)
+    finally:
+        cpp_causal_attention.flash_forward = original
+    assert calls == []
+    for got, want in zip(replayed, expected):
+        assert torch.equal(got, want)
+
+
+def test_the_same_bits_for_one_and_two_threads():
+    inputs = tuple(t.float() for t in _inputs((2, 6, 2, 100, 32), seed=3))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run(_fast, inputs, torch.float32)
+        torch.set_num_threads(2)
+        two = _run(_fast, inputs, torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+def test_applies_only_to_what_it_computes():
+    query, key, value = (torch.randn(1, 4, 8, 16), torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16))
+    assert cpp_causal_attention.applies(query, key, value)
+    assert not cpp_causal_attention.applies(query.double(), key.double(), value.double())
+    assert not cpp_causal_attention.applies(query, key[:, :, :5], value[:, :, :5])         # a KV cache: more keys
+    assert not cpp_causal_attention.applies(query[:, :3], key, value)                      # 3 heads over 2
+    assert not cpp_causal_attention.applies(query, key.bfloat16(), value)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda C: C.causal_probs_(torch.zeros(2, 4, 6), torch.zeros(2, 4), 3, 2, 1.0), "does not hold whole blocks"),
+    (lambda C: C.causal_probs_(torch.zeros(2, 4, 5, dtype=torch.float64), torch.zeros(2, 4), 3, 2, 1.0),
+     "contiguous float32"),
+    (lambda C: C.causal_probs_(torch.zeros(2, 4, 5), torch.zeros(2, 3), 3, 2, 1.0), "lse must be"),
+    (lambda C: C.causal_probs_(torch.zeros(2, 5, 6).transpose(1, 2), torch.zeros(2, 6), 4, 2, 1.0),
+     "contiguous float32"),
+    (lambda C: C.causal_softmax_backward_(torch.zeros(2, 3), torch.zeros(3, 2), 1.0), "of one shape"),
+])
+def test_bad_inputs_name_the_problem(call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call(cpp_backend._C)
