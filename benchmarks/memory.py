@@ -11,9 +11,11 @@ Variants (frozen base, backward through every layer):
                   both forms keep the same bytes
   peft_lora_qv    PEFT LoRA r=8 (alpha 16, no dropout) on q_proj and v_proj, HF's loss (skipped without `peft`)
   fastmma         fastmma.patch(model, MMAConfig()) with its defaults (fused norm + adapter, lean RMSNorm,
-                  recomputing SwiGLU, chunked LM head + loss)
+                  recomputing SwiGLU, chunked LM head + loss, and on CPU the "fastmma" attention, whose
+                  backward keeps no attention output)
   fastmma_recompute_attention   MMAConfig(recompute_attention=True) (opt-in): each layer keeps its input,
-                  q, v, gate and up, and recomputes k, the attention and o_proj in backward
+                  v, o_proj's output, gate, up and the attention's logsumexp, and recomputes q and k in
+                  backward (no attention forward)
   fastmma_ckpt    the same + fastmma.checkpointing.enable_checkpointing (every decoder layer recomputed)
   fastmma_recompute_mlp   fastmma with MMAConfig(recompute_mlp=True) (opt-in): the MLP keeps only its input
                   and recomputes its gate and up projections in backward
@@ -59,6 +61,7 @@ from fastmma.checkpointing import enable_checkpointing  # noqa: E402
 from fastmma.memory.estimate import estimate_memory  # noqa: E402
 from fastmma.ops import backend, cpp_cross_entropy, cpp_swiglu  # noqa: E402
 from fastmma.memory.measure import decoder_layers, measure_saved_bytes, peak_bytes_during  # noqa: E402
+from fastmma.patching import cpu_attention  # noqa: E402
 from fastmma.reference import LaVINAdapter  # noqa: E402
 from timing import interleaved, keep_freed_memory, summary  # noqa: E402  (benchmarks/timing.py)
 
@@ -231,7 +234,8 @@ def run_case(name, base, ids, lavin_linear_form, check_conv_form=False, embeds_f
                                                ("fastmma_ckpt", True, fastmma.MMAConfig()),
                                                ("fastmma_recompute_mlp", False, RECOMPUTE_MLP)):
         estimate = estimate_memory(config, ids.shape[0], ids.shape[1], dtype, checkpointing, mma_config,
-                                   gpu_overhead=False, fused_loss=cpp_cross_entropy.applies(torch.device("cpu"), dtype))
+                                   gpu_overhead=False, fused_loss=cpp_cross_entropy.applies(torch.device("cpu"), dtype),
+                                   fused_attention=cpu_attention.available())
         measured = rows[variant]
         out["estimate_vs_measured"][variant] = {
             "per_token_per_layer_bytes": [estimate.saved_per_token_per_layer_kept, measured["per_token_per_layer_bytes"]],
@@ -335,7 +339,8 @@ def peak_training_memory(model, kwargs, ids, checkpointing) -> dict:
     dtype = model.get_input_embeddings().weight.dtype
     estimate = estimate_memory(model.config, ids.shape[0], ids.shape[1], dtype, checkpointing, fastmma.MMAConfig(),
                                gpu_overhead=False, fused_swiglu=backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu"),
-                               fused_loss=cpp_cross_entropy.applies(torch.device("cpu"), dtype))
+                               fused_loss=cpp_cross_entropy.applies(torch.device("cpu"), dtype),
+                               fused_attention=model.config._attn_implementation == cpu_attention.NAME)
     measured = static + dynamic
     return {"measured_peak_bytes": measured, "measured_static_bytes": static,
             "estimated_peak_allocated_bytes": estimate.peak_allocated_bytes,
