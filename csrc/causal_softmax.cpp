@@ -14,7 +14,8 @@ constexpr int64_t kGrainRows = 8;
 void check_block(const at::Tensor& block, const char* name, int64_t first_row, int64_t block_rows) {
   TORCH_CHECK(block.device().is_cpu() && block.scalar_type() == at::kFloat && block.dim() == 3 &&
                   block.is_contiguous(),
-              "causal attention (cpp backend): ", name, " must be a contiguous float32 CPU tensor [N, rows, keys]; got ",
+              "causal attention (cpp backend): ", name,
+              " must be a contiguous float32 CPU tensor [N, rows, keys]; got ",
               block.scalar_type(), " ", block.sizes(), " on ", block.device());
   TORCH_CHECK(block_rows > 0 && first_row >= 0 && block.size(1) % block_rows == 0 &&
                   block.size(2) == first_row + block_rows,

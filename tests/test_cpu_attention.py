@@ -41,7 +41,8 @@ def _loss_and_grads(model, ids, **kwargs):
 def backward_calls(monkeypatch):
     calls = []
     original = cpp_causal_attention.attention_backward
-    monkeypatch.setattr(cpp_causal_attention, "attention_backward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(cpp_causal_attention, "attention_backward",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
 
 
@@ -88,3 +89,40 @@ def test_layer_recomputation_replays_no_attention_forward(monkeypatch):
     assert torch.equal(got_loss, loss)
     for name in grads:
         assert torch.equal(got_grads[name], grads[name]), name
+
+
+def test_a_right_padded_batch_takes_the_cpu_attention_and_matches_sdpa_on_the_real_tokens(backward_calls):
+    sdpa, ours = _models()
+    ids = torch.randint(3, 97, (3, 20), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[0, 15:] = 0                                                                       # right padding
+    mask[2, 9:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    results = []
+    for model in (sdpa, ours):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        loss = model(ids, attention_mask=mask, labels=labels, modality=torch.tensor([0, 1, 1])).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in fastmma.adapter_parameters(model).items()}))
+    assert len(backward_calls) == 3
+    (loss, grads), (got_loss, got_grads) = results
+    torch.testing.assert_close(got_loss, loss, rtol=1e-6, atol=1e-6)
+    for name in grads:
+        torch.testing.assert_close(got_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("mask,expected", [
+    ([[1, 1, 1, 0], [1, 1, 1, 1]], True),
+    ([[1, 1, 1, 1]], True),
+    ([[0, 1, 1, 1]], False),                                # left padding
+    ([[1, 0, 1, 1]], False),                                # a hole
+])
+def test_only_right_padding_drops_the_mask(mask, expected):
+    mask = torch.tensor(mask)
+    length = mask.shape[1]
+    assert cpu_attention._right_padded(mask, length) is expected
+    built = cpu_attention.fastmma_mask(mask.shape[0], length, length, attention_mask=mask)
+    assert (built is None) is expected
+    cached = cpu_attention.fastmma_mask(mask.shape[0], 1, length, q_offset=length - 1, attention_mask=mask)
+    assert cached is not None or bool(mask.all())           # decoding with a cache keeps the padding mask
