@@ -6,6 +6,7 @@
 #include "few_rows_linear.h"
 #include "norm_adapter.h"
 #include "outputs.h"
+#include "rotary.h"
 #include "swiglu.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
@@ -45,6 +46,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("causal_softmax_backward_", &fastmma::causal_softmax_backward_,
              "Causal attention backward: grad_probs becomes the raw scores' gradient in place",
              pybind11::arg("grad_probs"), pybind11::arg("probs"), pybind11::arg("scale"));
+  module.def("rotary_forward", &fastmma::rotary_forward,
+             "Rotary position embedding of x [B, L, heads, d] with cos / sin [B or 1, L, d]: "
+             "x * cos + rotate_half(x) * sin", pybind11::arg("x"), pybind11::arg("cos"), pybind11::arg("sin"));
+  module.def("rotary_backward", &fastmma::rotary_backward,
+             "Input gradient of rotary_forward: grad * cos - rotate_half(grad * sin)", pybind11::arg("grad_out"),
+             pybind11::arg("cos"), pybind11::arg("sin"));
   module.def("set_poison_outputs", &fastmma::set_poison_outputs,
              "Tests: fill every output the kernels allocate with NaN before computing it", pybind11::arg("enabled"));
 }

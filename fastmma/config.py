@@ -24,7 +24,7 @@ MMA_FIELD_RULES = {
     "dropout": (_probability, "a number in [0, 1)", False),
     "num_modalities": (positive_int, "a positive integer", False),
     **{switch: _SWITCH for switch in ("recompute_swiglu", "recompute_mlp", "recompute_attention", "chunked_loss",
-                                      "recompute_norm", "cache_autocast_weights")},
+                                      "recompute_norm", "cache_autocast_weights", "fused_rotary")},
 }
 
 
@@ -54,6 +54,9 @@ class MMAConfig:
     cache_autocast_weights: under autocast, each frozen Linear of the decoder layers keeps its weight
         cast to the autocast dtype instead of casting it at every call (autocast caches only the casts
         of weights that train); same results, one low-precision copy of those weights in memory.
+    fused_rotary: LLaMA attention layers rotate q and k (the rotary position embedding) with one C++
+        pass each on CPU, forward and backward, instead of transformers' five tensor ops
+        (fastmma/patching/rotary_attention.py); other devices and other attention classes keep theirs.
     attn_implementation: "auto" (flash-attn 2 on CUDA in fp16/bf16 when `flash_attn` is installed;
         "fastmma" on CPU with the C++ kernels built; else SDPA), "keep" (the model's own), or
         "fastmma" / "sdpa" / "eager" / "flash_attention_2". "fastmma" (fastmma/patching/cpu_attention.py)
@@ -75,6 +78,7 @@ class MMAConfig:
     chunked_loss: bool = True
     recompute_norm: bool = True
     cache_autocast_weights: bool = True
+    fused_rotary: bool = True
     attn_implementation: str = "auto"
 
     def __post_init__(self):

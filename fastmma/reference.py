@@ -82,6 +82,14 @@ def causal_attention_reference(query: torch.Tensor, key: torch.Tensor, value: to
     return (probs @ value).transpose(1, 2)
 
 
+def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """LLaMA's rotary embedding, written out: x [B, heads, L, d], cos / sin [B or 1, L, d];
+    x * cos + rotate_half(x) * sin with rotate_half(x) = [-x[d/2:], x[:d/2]]."""
+    half = x.shape[-1] // 2
+    rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.unsqueeze(1) + rotated_half * sin.unsqueeze(1)
+
+
 class LaVINAdapter(nn.Module):
     """LaVIN's RepAdapter_Router: grouped 1x1 Conv1d layers on a [B, D, L] transpose.
 

@@ -101,3 +101,21 @@ def test_a_replay_without_its_kept_output_names_the_switch():
     stash.replaying = True
     with pytest.raises(RuntimeError, match="recompute_attention"):
         stash.linear(torch.nn.Linear(4, 4), torch.randn(2, 4))
+
+
+def test_the_replay_computes_no_swiglu_product(monkeypatch):
+    from fastmma.patching import mlp
+
+    calls = {"product": 0, "saves_only": 0}
+    for name, key in (("swiglu", "product"), ("swiglu_saves_only", "saves_only")):
+        original = getattr(mlp, name)
+        monkeypatch.setattr(mlp, name, lambda *a, _f=original, _k=key: calls.__setitem__(_k, calls[_k] + 1) or _f(*a))
+    plain, recomputing = _pair()
+    ids, labels = _inputs(7)
+    loss, grads = _loss_and_grads(plain, ids, labels)
+    assert calls == {"product": 3, "saves_only": 0}
+    got_loss, got_grads = _loss_and_grads(recomputing, ids, labels)
+    assert calls == {"product": 6, "saves_only": 3}                  # forward: the product; backward: saves only
+    assert torch.equal(got_loss, loss)
+    for name in grads:
+        assert torch.equal(got_grads[name], grads[name]), name

@@ -28,6 +28,25 @@ class _SwiGLU(torch.autograd.Function):
         return grad_gate, grad_up
 
 
+class _SavesOnly(torch.autograd.Function):
+    """Saves what `swiglu` saves for backward (gate, up) and computes nothing: for a decoder layer's replay in
+    backward (memory/layer_recompute.py), which needs only the saved tensors and stops at the last of them."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return gate.new_empty(gate.shape)                    # never read: the replay stops before its use
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        raise RuntimeError("fastmma: the SwiGLU product of a layer replay has no backward (its graph is discarded)")
+
+
+def swiglu_saves_only(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """In a layer replay: the tensors `swiglu(gate, up)` saves, without the product."""
+    return _SavesOnly.apply(gate, up)
+
+
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if cpp_swiglu.applies(gate, up) and backend.has_implementation(cpp_swiglu.OP_SWIGLU, "cpu"):
         return cpp_swiglu.cpp_swiglu(gate, up)

@@ -10,3 +10,4 @@ from . import cpp_backend  # noqa: F401,E402  (registers the "cpp" backend when 
 from . import cpp_swiglu  # noqa: F401,E402
 from . import cpp_cross_entropy  # noqa: F401,E402
 from . import cpp_few_rows_linear  # noqa: F401,E402
+from . import cpp_rotary  # noqa: F401,E402

@@ -14,6 +14,7 @@ from .attention import apply_attn_implementation, set_attn_implementation
 from .autocast_weights import restore_autocast_weights, use_autocast_weight_cache
 from .layer_recompute import restore_layer_recompute, use_layer_recompute
 from .lean_norm import restore_norms, use_lean_norm
+from .rotary_attention import restore_fused_rotary, use_fused_rotary
 from .model_class import original_class, patched_class_for
 from .mlp import restore_mlp, use_recomputing_swiglu
 from .norm import MMARMSNorm
@@ -95,6 +96,8 @@ def patch(model: nn.Module, config: MMAConfig | None = None) -> nn.Module:
             sites.append(PatchSite(layer_index, target, layer, attr, original, module))
         if (config.recompute_swiglu or config.recompute_mlp) and family.mlp_attr:
             use_recomputing_swiglu(getattr(layer, family.mlp_attr), recompute_projections=config.recompute_mlp)
+        if config.fused_rotary and hasattr(layer, "self_attn"):
+            use_fused_rotary(layer.self_attn)
         if config.recompute_attention:
             use_layer_recompute(layer, family.mlp_attr, stash_mlp=not config.recompute_mlp)
         if config.recompute_norm:
@@ -140,6 +143,7 @@ def _restore_base(model: nn.Module, state: PatchState) -> None:
             restore_mlp(getattr(layer, state.family.mlp_attr))
     restore_norms(model)
     restore_layer_recompute(model)
+    restore_fused_rotary(model)
     restore_autocast_weights(model)
     if state.attn_implementation_before is not None:
         set_attn_implementation(model, state.attn_implementation_before)

@@ -14,6 +14,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..memory import swiglu
+from ..memory.layer_recompute import active_stash
+from ..memory.swiglu import swiglu_saves_only
 
 _SUBCLASSES: dict[tuple[type, bool], type] = {}
 
@@ -49,6 +51,9 @@ def _gated_product(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(self, x):
+    stash = active_stash()
+    if stash is not None and stash.replaying:              # recompute_attention's replay: gate and up are kept
+        return swiglu_saves_only(self.gate_proj(x), self.up_proj(x))
     return self.down_proj(_gated_product(self, x))
 
 
