@@ -11,11 +11,12 @@ Variants (frozen base, backward through every layer):
                   both forms keep the same bytes
   peft_lora_qv    PEFT LoRA r=8 (alpha 16, no dropout) on q_proj and v_proj, HF's loss (skipped without `peft`)
   fastmma         fastmma.patch(model, MMAConfig()) with its defaults (fused norm + adapter, lean RMSNorm,
-                  recomputing SwiGLU, chunked LM head + loss, and on CPU the "fastmma" attention, whose
-                  backward keeps no attention output)
-  fastmma_recompute_attention   MMAConfig(recompute_attention=True) (opt-in): each layer keeps its input,
-                  v, o_proj's output, gate, up and the attention's logsumexp, and recomputes q and k in
-                  backward (no attention forward)
+                  recomputing SwiGLU, chunked LM head + loss, fused rotary embedding, on CPU the "fastmma"
+                  attention, whose backward keeps no attention output, and recompute_attention: each layer
+                  keeps its input, v, o_proj's output, gate, up and the attention's logsumexp, and
+                  recomputes q and k in backward, with no attention forward)
+  fastmma_no_recompute_attention   MMAConfig(recompute_attention=False) (opt-out): the layers keep what
+                  their ops save (q, k, v, both norm inputs, gate, up, logsumexp), no recomputation
   fastmma_ckpt    the same + fastmma.checkpointing.enable_checkpointing (every decoder layer recomputed)
   fastmma_recompute_mlp   fastmma with MMAConfig(recompute_mlp=True) (opt-in): the MLP keeps only its input
                   and recomputes its gate and up projections in backward
@@ -127,7 +128,7 @@ def peft_lora(base):
 
 
 RECOMPUTE_MLP = fastmma.MMAConfig(recompute_mlp=True)
-RECOMPUTE_ATTENTION = fastmma.MMAConfig(recompute_attention=True)
+NO_RECOMPUTE_ATTENTION = fastmma.MMAConfig(recompute_attention=False)
 
 
 def variant_builders(base, ids, lavin_linear_form: bool, embeds_for_all: bool):
@@ -159,7 +160,7 @@ def variant_builders(base, ids, lavin_linear_form: bool, embeds_for_all: bool):
     except ImportError:
         print("peft is not installed: skipping peft_lora_qv (pip install peft, or pip install -e .[bench])")
     builders["fastmma"] = patched(False)
-    builders["fastmma_recompute_attention"] = patched(False, RECOMPUTE_ATTENTION)
+    builders["fastmma_no_recompute_attention"] = patched(False, NO_RECOMPUTE_ATTENTION)
     builders["fastmma_ckpt"] = patched(True)
     builders["fastmma_recompute_mlp"] = patched(False, RECOMPUTE_MLP)
     return builders
@@ -221,8 +222,8 @@ def run_case(name, base, ids, lavin_linear_form, check_conv_form=False, embeds_f
     out["ratios"] = {
         "fastmma_over_lavin_style": lean / lavin, "fastmma_ckpt_over_lavin_style": ckpt / lavin,
         "fastmma_over_floor": lean / rows["hf_no_adapter"]["per_token_per_layer_bytes"],
-        "fastmma_recompute_attention_over_lavin_style":
-            rows["fastmma_recompute_attention"]["per_token_per_layer_bytes"] / lavin,
+        "fastmma_no_recompute_attention_over_lavin_style":
+            rows["fastmma_no_recompute_attention"]["per_token_per_layer_bytes"] / lavin,
         "fastmma_recompute_mlp_over_lavin_style": rows["fastmma_recompute_mlp"]["per_token_per_layer_bytes"] / lavin,
         "fastmma_logits_peak_over_full_logits": rows["fastmma"]["logits_peak_bytes"] / full_logits,
         "fastmma_head_loss_peak_over_full_logits": rows["fastmma"]["peak_loss_bytes"] / full_logits,
@@ -230,7 +231,7 @@ def run_case(name, base, ids, lavin_linear_form, check_conv_form=False, embeds_f
     }
     out["estimate_vs_measured"] = {}
     for variant, checkpointing, mma_config in (("fastmma", False, fastmma.MMAConfig()),
-                                               ("fastmma_recompute_attention", False, RECOMPUTE_ATTENTION),
+                                               ("fastmma_no_recompute_attention", False, NO_RECOMPUTE_ATTENTION),
                                                ("fastmma_ckpt", True, fastmma.MMAConfig()),
                                                ("fastmma_recompute_mlp", False, RECOMPUTE_MLP)):
         estimate = estimate_memory(config, ids.shape[0], ids.shape[1], dtype, checkpointing, mma_config,
@@ -387,14 +388,12 @@ TARGETS = (
     ("7B layer: fastmma+checkpointing / LaVIN-style saved bytes", "llama7b", ("ratios", "fastmma_ckpt_over_lavin_style"), 0.1),
     ("SmolLM2: fastmma+checkpointing step time / no-adapter floor", "smollm2",
      ("step_time", "ratios", "fastmma_ckpt_over_floor"), 1.4),
-    ("SmolLM2: fastmma(recompute_attention) / LaVIN-style saved bytes (opt-in)", "smollm2",
-     ("ratios", "fastmma_recompute_attention_over_lavin_style"), 0.5),
-    ("7B layer: fastmma(recompute_attention) / LaVIN-style saved bytes (opt-in)", "llama7b",
-     ("ratios", "fastmma_recompute_attention_over_lavin_style"), 0.5),
-    ("7B layer: fastmma(recompute_attention) KB per token per layer (opt-in)", "llama7b",
-     ("variants", "fastmma_recompute_attention", "kb_per_token_per_layer"), 78.0),
-    ("SmolLM2: fastmma(recompute_attention) step time / no-adapter floor (opt-in)", "smollm2",
-     ("step_time", "ratios", "fastmma_recompute_attention_over_floor"), 1.0),
+    ("SmolLM2: fastmma(recompute_attention=False) / LaVIN-style saved bytes (opt-out)", "smollm2",
+     ("ratios", "fastmma_no_recompute_attention_over_lavin_style"), 0.5),
+    ("7B layer: fastmma(recompute_attention=False) / LaVIN-style saved bytes (opt-out)", "llama7b",
+     ("ratios", "fastmma_no_recompute_attention_over_lavin_style"), 0.5),
+    ("SmolLM2: fastmma(recompute_attention=False) step time / no-adapter floor (opt-out)", "smollm2",
+     ("step_time", "ratios", "fastmma_no_recompute_attention_over_floor"), 1.0),
     ("SmolLM2: fastmma(recompute_mlp) / LaVIN-style saved bytes (opt-in)", "smollm2",
      ("ratios", "fastmma_recompute_mlp_over_lavin_style"), 0.5),
     ("7B layer: fastmma(recompute_mlp) / LaVIN-style saved bytes (opt-in)", "llama7b",

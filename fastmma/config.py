@@ -43,10 +43,12 @@ class MMAConfig:
     recompute_swiglu: the frozen SwiGLU MLP keeps only its gate and up outputs for backward.
     recompute_mlp: (off by default) the frozen SwiGLU MLP keeps only its input for backward and
         recomputes the gate and up projections there: less memory for two more GEMMs per layer.
-    recompute_attention: (off by default) each decoder layer keeps only its input, the v, o_proj,
+    recompute_attention: each decoder layer, while training, keeps only its input, the v, o_proj,
         gate and up projections' outputs and (with the "fastmma" attention) the attention's
-        log-sum-exp; backward recomputes q, k and the element-wise ops (no attention forward, no
-        v/o/gate/up/down GEMM runs twice): under half LaVIN-style's activations.
+        log-sum-exp; backward recomputes q, k and the element-wise ops (no attention forward on CPU,
+        no v/o/gate/up/down GEMM runs twice): under half LaVIN-style's activations for the q and k
+        projections again (about 5% of a SmolLM2 step on CPU). False keeps q, k and the norm's
+        output-side tensors instead (faster, about a fifth more activation memory).
     chunked_loss: with labels and autograd on, the LM head + loss run in chunks so the
         [tokens, vocab] logits are never stored (the output's `logits` is then None).
     recompute_norm: the frozen RMSNorms without an adapter (and the final norm) keep only their
@@ -74,7 +76,7 @@ class MMAConfig:
     num_modalities: int = 2
     recompute_swiglu: bool = True
     recompute_mlp: bool = False
-    recompute_attention: bool = False
+    recompute_attention: bool = True
     chunked_loss: bool = True
     recompute_norm: bool = True
     cache_autocast_weights: bool = True

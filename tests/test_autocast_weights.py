@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fastmma
-from fastmma.patching.autocast_weights import _CACHE
+from fastmma.autocast import _CACHE
 
 from .helpers import patched_pair
 

@@ -33,7 +33,7 @@ intermediate; r adapter rank), what fastmma's layers keep with SDPA or flash-att
                                 `every_n_layers=n` only layers 0, n, 2n, ... are checkpointed
 
 What a layer really keeps (`kept_per_token_per_layer`): the whole list above without recomputation;
-with `recompute_attention` (opt-in) its input, v, o_proj's output, and gate and up: (2D + KV*hd + 2I)*s
+with `recompute_attention` (the default) its input, v, o_proj's output, and gate and up: (2D + KV*hd + 2I)*s
 (without gate and up under `recompute_mlp`), plus the attention's logsumexp 4H with fastmma's CPU
 attention, the rest coming back while the layer runs backward; with checkpointing its input alone.
 

@@ -21,9 +21,9 @@ import threading
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..autocast import linear_output, weight_in
 from ..kv_cache import cache_in, without_cache
 
 _ACTIVE = threading.local()
@@ -39,14 +39,14 @@ class LayerStash:
 
     def linear(self, module, x: torch.Tensor) -> torch.Tensor:
         if not self.replaying:
-            output = _FrozenLinear.apply(x, module.weight, module.bias)      # saves nothing, as the replay
+            output = _FrozenLinear.apply(x, module)                       # saves nothing, as the replay
             self.outputs[id(module)] = output.detach()
             return output
         kept = self.outputs.get(id(module))
         if kept is None:
             raise RuntimeError("fastmma layer recomputation: a stashed Linear ran in backward without a kept output "
                                "(the layer's output node did not run first); disable MMAConfig.recompute_attention")
-        return _ReplayedLinear.apply(x, module.weight, kept)
+        return _ReplayedLinear.apply(x, module, kept)
 
     def attention(self, module, run):
         """run(kept_lse) -> (output, lse or None): the attention of `module`; the replay hands it the kept
@@ -74,29 +74,30 @@ def active_stash() -> LayerStash | None:
 
 
 class _FrozenLinear(torch.autograd.Function):
-    """F.linear with a frozen weight that saves nothing through saved-tensor hooks: dx = dy @ W.
+    """A frozen Linear module's output that saves nothing through saved-tensor hooks: dx = dy @ W.
 
-    The weight is a frozen parameter, held on ctx rather than saved (there is nothing to recompute).
-    Under autocast (a bf16 output from an fp32 weight) the backward GEMM casts the weight to the
-    gradient's dtype, as autograd's mm backward does with the cast weight it saved.
+    The module is held on ctx (its weight is a frozen parameter: there is nothing to recompute). Under
+    autocast the GEMMs run in the autocast dtype, from the Linear's cached cast when it keeps one
+    (MMAConfig.cache_autocast_weights); the backward GEMM casts the weight to the gradient's dtype, as
+    autograd's mm backward does with the cast weight it saved.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.weight = weight
-        return F.linear(x, weight, bias)
+    def forward(ctx, x, module):
+        ctx.module = module
+        return linear_output(module, x)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return _input_grad(ctx, grad_output), None, None
+        return _input_grad(ctx, grad_output), None
 
 
 class _ReplayedLinear(torch.autograd.Function):
     """y = x @ W.T with y already known (the forward's kept output); backward gives dx = dy @ W only."""
 
     @staticmethod
-    def forward(ctx, x, weight, kept_output):
-        ctx.weight = weight
+    def forward(ctx, x, module, kept_output):
+        ctx.module = module
         return kept_output.view_as(kept_output)
 
     @staticmethod
@@ -105,16 +106,13 @@ class _ReplayedLinear(torch.autograd.Function):
 
 
 def _input_grad(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-    weight = ctx.weight
-    if grad_output.dtype != weight.dtype:               # autocast: the GEMM ran in the lower precision
-        weight = weight.to(grad_output.dtype)
-    return grad_output @ weight
+    return grad_output @ weight_in(ctx.module, grad_output.dtype)
 
 
 def frozen_linear(module, x: torch.Tensor) -> torch.Tensor:
     if module.weight.requires_grad or (module.bias is not None and module.bias.requires_grad):
-        return F.linear(x, module.weight, module.bias)
-    return _FrozenLinear.apply(x, module.weight, module.bias)
+        return linear_output(module, x)
+    return _FrozenLinear.apply(x, module)
 
 
 class _KeepStash(torch.autograd.Function):

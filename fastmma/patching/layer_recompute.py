@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..autocast import linear_output
 from ..kv_cache import cache_in
 from ..memory.layer_recompute import active_stash, frozen_linear, recompute_layer
 from .class_swap import base_class, restore_forwards, swap_forward
@@ -45,14 +46,14 @@ def restore_layer_recompute(model: nn.Module) -> None:
 def _stashed_forward(self, x):
     stash = active_stash()
     if stash is None:
-        return nn.Linear.forward(self, x)
+        return linear_output(self, x)
     return stash.linear(self, x)
 
 
 def _frozen_forward(self, x):
     if torch.is_grad_enabled():
         return frozen_linear(self, x)
-    return nn.Linear.forward(self, x)
+    return linear_output(self, x)
 
 
 def _layer_forward(self, hidden_states, *args, **kwargs):

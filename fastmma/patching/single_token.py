@@ -14,7 +14,7 @@ from torch import nn
 
 from ..memory import swiglu
 from ..ops import cpp_few_rows_linear
-from .autocast_weights import weight_in
+from ..autocast import weight_in
 from .mlp import is_swiglu_mlp
 
 
