@@ -74,3 +74,41 @@ def replace_adapter_weights(directory, tensors) -> None:
     config = json.loads((directory / ADAPTER_CONFIG).read_text())
     del config[WEIGHTS_CHECKSUM]
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config))
+
+
+def assert_same_bits_with_one_and_two_threads(run) -> None:
+    """run() -> a sequence of tensors: the same bits whether torch runs on one thread or two."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+def loss_and_grads_from_embeddings(model, ids, labels, modality, seed=0, autocast=False, **kwargs):
+    """(loss, {adapter parameter name and "inputs_embeds": gradient}) of one training forward + backward
+    from input embeddings that require grad, so the gradient reaches the input too."""
+    model.zero_grad(set_to_none=True)
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(inputs_embeds=embeds, labels=labels, modality=modality, **kwargs).loss
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in fastmma.adapter_parameters(model).items()}
+    grads["inputs_embeds"] = embeds.grad.clone()
+    return loss.detach(), grads
+
+
+def ids_and_labels(seed: int, batch: int = 3, length: int = 13, prompt: int = 4):
+    """Random token ids [batch, length] of the tiny models' vocabulary and labels with the first `prompt`
+    positions ignored (-100)."""
+    ids = torch.randint(3, 97, (batch, length), generator=torch.Generator().manual_seed(seed))
+    labels = ids.clone()
+    labels[:, :prompt] = -100
+    return ids, labels

@@ -8,7 +8,7 @@ import fastmma
 from fastmma.kv_cache import output_cache
 from fastmma.memory.layer_recompute import LayerStash
 
-from .helpers import patched_pair
+from .helpers import ids_and_labels, loss_and_grads_from_embeddings, patched_pair
 
 
 def _pair(family="llama", dtype=torch.float32, **config):
@@ -17,22 +17,11 @@ def _pair(family="llama", dtype=torch.float32, **config):
 
 
 def _loss_and_grads(model, ids, labels, seed=0, autocast=False, **kwargs):
-    model.zero_grad(set_to_none=True)
-    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()       # the gradient reaches the input too
-    torch.manual_seed(seed)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = model(inputs_embeds=embeds, labels=labels, modality=torch.tensor([0, 1, 1]), **kwargs).loss
-    loss.backward()
-    grads = {name: p.grad.clone() for name, p in fastmma.adapter_parameters(model).items()}
-    grads["inputs_embeds"] = embeds.grad.clone()
-    return loss.detach(), grads
+    return loss_and_grads_from_embeddings(model, ids, labels, torch.tensor([0, 1, 1]), seed, autocast, **kwargs)
 
 
 def _inputs(seed=3):
-    ids = torch.randint(3, 97, (3, 13), generator=torch.Generator().manual_seed(seed))     # odd length
-    labels = ids.clone()
-    labels[:, :4] = -100
-    return ids, labels
+    return ids_and_labels(seed)                                                          # odd length
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])

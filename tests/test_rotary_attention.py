@@ -10,7 +10,7 @@ import fastmma
 from fastmma.ops import cpp_backend, cpp_rotary
 from fastmma.patching import rotary_attention
 
-from .helpers import patched_pair, relative_error
+from .helpers import ids_and_labels, loss_and_grads_from_embeddings, patched_pair, relative_error
 
 pytestmark = [pytest.mark.skipif(not cpp_backend.is_available(),
                                  reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")]
@@ -25,22 +25,11 @@ def kernel_calls(monkeypatch):
 
 
 def _loss_and_grads(model, ids, labels, autocast=False):
-    model.zero_grad(set_to_none=True)
-    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
-    torch.manual_seed(0)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss = model(inputs_embeds=embeds, labels=labels, modality=torch.tensor([0, 1, 1])).loss
-    loss.backward()
-    grads = {name: p.grad.clone() for name, p in fastmma.adapter_parameters(model).items()}
-    grads["inputs_embeds"] = embeds.grad.clone()
-    return loss.detach(), grads
+    return loss_and_grads_from_embeddings(model, ids, labels, torch.tensor([0, 1, 1]), autocast=autocast)
 
 
 def _inputs(seed=3):
-    ids = torch.randint(3, 97, (3, 13), generator=torch.Generator().manual_seed(seed))     # odd length
-    labels = ids.clone()
-    labels[:, :4] = -100
-    return ids, labels
+    return ids_and_labels(seed)                                                          # odd length
 
 
 @pytest.mark.parametrize("recompute_attention", [False, True])

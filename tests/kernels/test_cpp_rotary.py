@@ -11,7 +11,7 @@ import torch
 from fastmma.ops import cpp_backend, cpp_rotary
 from fastmma.reference import rotary_reference
 
-from ..helpers import assert_close_to_reference
+from ..helpers import assert_close_to_reference, assert_same_bits_with_one_and_two_threads
 
 pytestmark = [pytest.mark.skipif(not cpp_backend.is_available(),
                                  reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")]
@@ -81,16 +81,7 @@ def test_keeps_only_the_position_tables():
 
 def test_the_same_bits_for_one_and_two_threads():
     inputs = tuple(t.float() for t in _inputs((3, 50, 5, 64, 3), seed=6))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _run(_fast, inputs, torch.float32)
-        torch.set_num_threads(2)
-        two = _run(_fast, inputs, torch.float32)
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(one, two):
-        assert torch.equal(a, b)
+    assert_same_bits_with_one_and_two_threads(lambda: _run(_fast, inputs, torch.float32))
 
 
 def test_applies_only_to_what_it_computes():
