@@ -10,6 +10,7 @@ theirs), through a subclass set with `__class__` that `restore_fused_rotary` swa
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -17,17 +18,16 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama import modeling_llama
 
+from ..kv_cache import CACHE_KEYWORDS, cache_in
 from ..ops import cpp_rotary
 from .class_swap import base_class, restore_forwards, swap_forward
 
 _MARKER = "_fastmma_rotary_base"
-# LlamaAttention.forward's parameters in the transformers versions this forward follows.
-_LLAMA_PARAMETERS = ("self", "hidden_states", "position_embeddings", "attention_mask", "past_key_values", "kwargs")
 
 
 def use_fused_rotary(attention: nn.Module) -> bool:
     """Swap `attention` to the fused-rotary forward if it runs LlamaAttention's forward; return whether it did."""
-    if type(attention).forward is not modeling_llama.LlamaAttention.forward or not _follows_llama_forward():
+    if type(attention).forward is not modeling_llama.LlamaAttention.forward or _installed_form() is None:
         return False
     swap_forward(attention, _MARKER, "rotary", _forward)
     return True
@@ -42,18 +42,34 @@ def restore_fused_rotary(model: nn.Module) -> None:
     restore_forwards(model, _MARKER)
 
 
-def _follows_llama_forward() -> bool:
-    return tuple(inspect.signature(modeling_llama.LlamaAttention.forward).parameters) == _LLAMA_PARAMETERS
+@functools.cache
+def _installed_form() -> bool | None:
+    """Whether the installed LlamaAttention.forward hands the call's kwargs to the cache update (transformers
+    5.24 on, where the cache keyword became `cache`), or None when its parameters are not the
+    (hidden_states, position_embeddings, attention_mask, <cache keyword>, **kwargs) this forward follows."""
+    forward = modeling_llama.LlamaAttention.forward
+    parameters = tuple(inspect.signature(forward).parameters)
+    if parameters[:4] != ("self", "hidden_states", "position_embeddings", "attention_mask") or \
+            len(parameters) != 6 or parameters[4] not in CACHE_KEYWORDS or parameters[5] != "kwargs":
+        return None
+    try:
+        source = inspect.getsource(forward)
+    except (OSError, TypeError):
+        return None
+    return "self.layer_idx, kwargs=kwargs)" in source
 
 
-def _forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+def _forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+    cache = cache_in(kwargs)
+    kwargs = {name: value for name, value in kwargs.items() if name not in CACHE_KEYWORDS}
     input_shape = hidden_states.shape[:-1]
     heads_shape = (*input_shape, -1, self.head_dim)
     query, key = rotate(self.q_proj(hidden_states).view(heads_shape),              # [B, H, L, d] views
                         self.k_proj(hidden_states).view(heads_shape), *position_embeddings)   # [B, KV, L, d]
     value = self.v_proj(hidden_states).view(heads_shape).transpose(1, 2)            # [B, KV, L, d]
-    if past_key_values is not None:
-        key, value = past_key_values.update(key, value, self.layer_idx)
+    if cache is not None:
+        update_kwargs = {"kwargs": kwargs} if _installed_form() else {}
+        key, value = cache.update(key, value, self.layer_idx, **update_kwargs)
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
                                                       modeling_llama.eager_attention_forward)
     output, weights = attention(self, query, key, value, attention_mask,
