@@ -108,3 +108,18 @@ def test_the_replay_computes_no_swiglu_product(monkeypatch):
     assert torch.equal(got_loss, loss)
     for name in grads:
         assert torch.equal(got_grads[name], grads[name]), name
+
+
+def test_a_base_linear_unfrozen_after_patching_gets_its_gradient():
+    plain, recomputing = _pair()
+    for model in (plain, recomputing):
+        model.model.layers[1].self_attn.v_proj.weight.requires_grad_(True)
+        model.model.layers[2].mlp.up_proj.weight.requires_grad_(True)
+    ids, labels = _inputs(8)
+    loss, _ = _loss_and_grads(plain, ids, labels)
+    got_loss, _ = _loss_and_grads(recomputing, ids, labels)
+    assert torch.equal(got_loss, loss)
+    for path in ("model.layers.1.self_attn.v_proj.weight", "model.layers.2.mlp.up_proj.weight"):
+        want, got = (m.get_parameter(path).grad for m in (plain, recomputing))
+        assert want is not None and want.abs().sum() > 0
+        assert torch.equal(got, want), path

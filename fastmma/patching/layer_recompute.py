@@ -45,9 +45,13 @@ def restore_layer_recompute(model: nn.Module) -> None:
 
 def _stashed_forward(self, x):
     stash = active_stash()
-    if stash is None:
+    if stash is None or _trains(self):          # a weight that trains: recomputed like the rest, not stashed
         return linear_output(self, x)
     return stash.linear(self, x)
+
+
+def _trains(linear: nn.Module) -> bool:
+    return linear.weight.requires_grad or (linear.bias is not None and linear.bias.requires_grad)
 
 
 def _frozen_forward(self, x):
