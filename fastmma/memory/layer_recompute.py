@@ -109,8 +109,13 @@ def _input_grad(ctx, grad_output: torch.Tensor) -> torch.Tensor:
     return grad_output @ weight_in(ctx.module, grad_output.dtype)
 
 
+def trains(linear) -> bool:
+    """Whether a Linear's weight or bias takes gradients (then it is not frozen: autograd saves its input)."""
+    return linear.weight.requires_grad or (linear.bias is not None and linear.bias.requires_grad)
+
+
 def frozen_linear(module, x: torch.Tensor) -> torch.Tensor:
-    if module.weight.requires_grad or (module.bias is not None and module.bias.requires_grad):
+    if trains(module):
         return linear_output(module, x)
     return _FrozenLinear.apply(x, module)
 

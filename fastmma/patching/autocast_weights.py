@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..autocast import caches, linear_output, mark_caching
-from .class_swap import restore_forwards, swap_forward
+from .class_swap import is_swapped, restore_forwards, swap_forward
 
 _MARKER = "_fastmma_autocast_weights_base"
 
@@ -19,17 +19,12 @@ _MARKER = "_fastmma_autocast_weights_base"
 def use_autocast_weight_cache(linear: nn.Module) -> bool:
     """Let a Linear keep its autocast cast: swap a plain `nn.Linear` to the caching forward, mark one
     with a fastmma forward of its own. Other modules are left alone."""
-    if not isinstance(linear, nn.Linear) or (type(linear) is not nn.Linear and not _fastmma_forward(linear)):
+    if not isinstance(linear, nn.Linear) or (type(linear) is not nn.Linear and not is_swapped(linear)):
         return False
     if type(linear) is nn.Linear:
         swap_forward(linear, _MARKER, "cached", _cached_forward)
     mark_caching(linear)
     return True
-
-
-def _fastmma_forward(linear: nn.Module) -> bool:
-    """A Linear swapped by a fastmma feature (a subclass that records its base), not a user's subclass."""
-    return any(name.startswith("_fastmma_") and name.endswith("_base") for name in vars(type(linear)))
 
 
 def restore_autocast_weights(model: nn.Module) -> None:

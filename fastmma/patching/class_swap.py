@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 _SUBCLASSES: dict[tuple[type, str, str], type] = {}
+_SWAPPED: set[type] = set()                     # the values of _SUBCLASSES
 
 
 def swap_forward(module: nn.Module, marker: str, kind: str, forward) -> None:
@@ -17,7 +18,13 @@ def swap_forward(module: nn.Module, marker: str, kind: str, forward) -> None:
     if key not in _SUBCLASSES:
         _SUBCLASSES[key] = type(base.__name__, (base,), {"forward": forward, marker: base,
                                                          "__module__": base.__module__})
+        _SWAPPED.add(_SUBCLASSES[key])
     module.__class__ = _SUBCLASSES[key]
+
+
+def is_swapped(module: nn.Module) -> bool:
+    """Whether `module`'s class is one `swap_forward` made (under any marker)."""
+    return type(module) in _SWAPPED
 
 
 def base_class(module: nn.Module, marker: str) -> type | None:

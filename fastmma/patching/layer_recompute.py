@@ -12,7 +12,7 @@ from torch import nn
 
 from ..autocast import linear_output
 from ..kv_cache import cache_in
-from ..memory.layer_recompute import active_stash, frozen_linear, recompute_layer
+from ..memory.layer_recompute import active_stash, frozen_linear, recompute_layer, trains
 from .class_swap import base_class, restore_forwards, swap_forward
 from .single_token import fsdp_wrapped
 
@@ -45,13 +45,10 @@ def restore_layer_recompute(model: nn.Module) -> None:
 
 def _stashed_forward(self, x):
     stash = active_stash()
-    if stash is None or _trains(self):          # a weight that trains: recomputed like the rest, not stashed
+    if stash is None or trains(self):          # a weight that trains: recomputed like the rest, not stashed
         return linear_output(self, x)
     return stash.linear(self, x)
 
-
-def _trains(linear: nn.Module) -> bool:
-    return linear.weight.requires_grad or (linear.bias is not None and linear.bias.requires_grad)
 
 
 def _frozen_forward(self, x):
