@@ -1,7 +1,7 @@
 // Python bindings of the C++ CPU kernels (module fastmma._C).
 #include <torch/extension.h>
 
-#include "causal_softmax.h"
+#include "causal_attention.h"
 #include "cross_entropy.h"
 #include "few_rows_linear.h"
 #include "norm_adapter.h"
@@ -39,13 +39,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("few_rows_linear_backward", &fastmma::few_rows_linear_backward,
              "Input gradient of the few-rows Linear: returns grad_y @ weight", pybind11::arg("grad_y"),
              pybind11::arg("weight"));
-  module.def("causal_probs_", &fastmma::causal_probs_,
-             "Causal attention backward: raw score blocks become exp(scale * scores - lse) in place",
-             pybind11::arg("scores"), pybind11::arg("lse"), pybind11::arg("first_row"), pybind11::arg("block_rows"),
+  module.def("causal_attention_forward", &fastmma::causal_attention_forward,
+             "Causal self-attention of query [B, H, L, d] over key / value [B, KV, L, d]: returns (out [B, L, H, d], "
+             "lse [B, H, L] float32)", pybind11::arg("query"), pybind11::arg("key"), pybind11::arg("value"),
              pybind11::arg("scale"));
-  module.def("causal_softmax_backward_", &fastmma::causal_softmax_backward_,
-             "Causal attention backward: grad_probs becomes the raw scores' gradient in place",
-             pybind11::arg("grad_probs"), pybind11::arg("probs"), pybind11::arg("scale"));
+  module.def("causal_attention_backward", &fastmma::causal_attention_backward,
+             "Backward of causal_attention_forward from q, k, v and the lse (no output): returns (grad_query, "
+             "grad_key, grad_value)", pybind11::arg("grad_out"), pybind11::arg("query"), pybind11::arg("key"),
+             pybind11::arg("value"), pybind11::arg("lse"), pybind11::arg("scale"));
+  module.def("attention_gemm_backend", &fastmma::attention_gemm_backend,
+             "Tests: the GEMM of the attention blocks, 'blas' (the BLAS sgemm PyTorch's CPU library exports) or 'aten'");
+  module.def("force_aten_gemm", &fastmma::force_aten_gemm,
+             "Tests: run the attention blocks' GEMMs through ATen even where BLAS sgemm exists",
+             pybind11::arg("enabled"));
   module.def("rotary_forward", &fastmma::rotary_forward,
              "Rotary position embedding of x [B, L, heads, d] with cos / sin [B or 1, L, d]: "
              "x * cos + rotate_half(x) * sin", pybind11::arg("x"), pybind11::arg("cos"), pybind11::arg("sin"));

@@ -79,8 +79,8 @@ def test_layer_recomputation_replays_no_attention_forward(monkeypatch):
     plain, recomputing = _models(configs=({}, {"recompute_attention": True}))
     ids = torch.randint(3, 97, (2, 30), generator=torch.Generator().manual_seed(3))
     forwards = []
-    original = cpp_causal_attention.flash_forward
-    monkeypatch.setattr(cpp_causal_attention, "flash_forward", lambda *a: forwards.append(1) or original(*a))
+    original = cpp_causal_attention.forward_with_lse
+    monkeypatch.setattr(cpp_causal_attention, "forward_with_lse", lambda *a: forwards.append(1) or original(*a))
     loss, grads = _loss_and_grads(plain, ids)
     assert len(forwards) == 3
     forwards.clear()

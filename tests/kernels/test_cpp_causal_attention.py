@@ -1,8 +1,9 @@
-"""fastmma's CPU causal attention (fastmma/ops/cpp_causal_attention.py: torch's flash forward, a blocked
-backward without the attention output, C++ softmax kernels) against the written-out fp64 oracle
+"""fastmma's CPU causal attention (fastmma/ops/cpp_causal_attention.py over csrc/causal_attention.cpp: blocked
+forward and backward, the backward without the attention output) against the written-out fp64 oracle
 (fastmma.reference.causal_attention_reference), forward and the three gradients, in fp32/bf16/fp16, on odd
-lengths (a partial last block, one query row, several blocks) and grouped-query heads. The error must stay
-within 2x plain PyTorch's (the same oracle run in the same dtype) + a small floor.
+lengths (a partial last block, one query row, several blocks) and grouped-query heads, through the BLAS GEMM
+and through the ATen fallback. The error must stay within 2x plain PyTorch's (the same oracle run in the same
+dtype) + a small floor.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ pytestmark = [pytest.mark.skipif(not cpp_backend.is_available(),
                                  reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# (batch, query heads, key/value heads, length, head dim): blocks of 64 rows, so 130 = 2 blocks + 2 rows
-SHAPES = [(2, 6, 2, 37, 16), (1, 4, 4, 130, 8), (3, 3, 1, 1, 5), (1, 2, 1, 64, 24), (2, 9, 3, 97, 64)]
+# (batch, query heads, key/value heads, length, head dim): blocks of 64 positions for up to 3 heads per key/value
+# head (130 = 2 blocks + 2 rows), of 16 positions for 12 or more (45 = 2 blocks + 13 rows)
+SHAPES = [(2, 6, 2, 37, 16), (1, 4, 4, 130, 8), (3, 3, 1, 1, 5), (1, 2, 1, 64, 24), (2, 9, 3, 97, 64),
+          (1, 16, 1, 45, 8)]
 
 
 def _inputs(shape, seed):
@@ -79,12 +82,12 @@ def test_a_replay_with_the_kept_logsumexp_gives_the_same_gradients_without_a_for
 
     lse, expected = grads(None)
     calls = []
-    original = cpp_causal_attention.flash_forward
-    cpp_causal_attention.flash_forward = lambda *args: calls.append(args) or original(*args)
+    original = cpp_causal_attention.forward_with_lse
+    cpp_causal_attention.forward_with_lse = lambda *args: calls.append(args) or original(*args)
     try:
         _, replayed = grads(lse)
     finally:
-        cpp_causal_attention.flash_forward = original
+        cpp_causal_attention.forward_with_lse = original
     assert calls == []
     for got, want in zip(replayed, expected):
         assert torch.equal(got, want)
@@ -104,14 +107,68 @@ def test_applies_only_to_what_it_computes():
     assert not cpp_causal_attention.applies(query, key.bfloat16(), value)
 
 
+@pytest.fixture
+def aten_gemm():
+    cpp_backend._C.force_aten_gemm(True)
+    try:
+        assert cpp_backend._C.attention_gemm_backend() == "aten"
+        yield
+    finally:
+        cpp_backend._C.force_aten_gemm(False)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 2, 37, 16), (1, 16, 1, 45, 8)], ids=str)
+def test_the_aten_gemm_fallback_matches_fp64_too(shape, aten_gemm):
+    inputs = _inputs(shape, seed=7)
+    exact = _run(causal_attention_reference, inputs, torch.float64)
+    plain = _run(causal_attention_reference, inputs, torch.float32)
+    fast = _run(_fast, inputs, torch.float32)
+    for name, f, p, e in zip(("out", "grad_query", "grad_key", "grad_value"), fast, plain, exact):
+        assert_close_to_reference(f, p, e, what=f"{name} aten gemm {shape}")
+
+
+def test_the_fallback_under_bf16_autocast_still_computes_in_float32(aten_gemm):
+    inputs = tuple(t.float() for t in _inputs((1, 4, 2, 50, 16), seed=8))
+    expected = _run(_fast, inputs, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _run(_fast, inputs, torch.float32)
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float32 and torch.equal(g, e)
+
+
+def test_gradients_of_any_layout():
+    query, key, value, grad_out = (t.float() for t in _inputs((2, 6, 3, 33, 8), seed=9))
+    expected = _run(_fast, (query, key, value, grad_out), torch.float32)
+    strided = (query.contiguous(), key.transpose(1, 2).contiguous().transpose(1, 2),
+               value.transpose(1, 2).contiguous().transpose(1, 2), grad_out.transpose(1, 2).contiguous().transpose(1, 2))
+    assert not strided[1].is_contiguous() and not strided[3].is_contiguous()
+    got = _run(_fast, strided, torch.float32)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+
+
+def test_inference_forward_matches_the_training_forward():
+    query, key, value, _ = (t.float() for t in _inputs((2, 6, 2, 37, 16), seed=10))
+    with torch.no_grad():
+        out, lse = cpp_causal_attention.causal_attention(query, key, value, 0.25)
+    assert lse is None
+    assert torch.equal(out, cpp_causal_attention.forward_with_lse(query, key, value, 0.25)[0])
+
+
 @pytest.mark.parametrize("call,message", [
-    (lambda C: C.causal_probs_(torch.zeros(2, 4, 6), torch.zeros(2, 4), 3, 2, 1.0), "does not hold whole blocks"),
-    (lambda C: C.causal_probs_(torch.zeros(2, 4, 5, dtype=torch.float64), torch.zeros(2, 4), 3, 2, 1.0),
-     "contiguous float32"),
-    (lambda C: C.causal_probs_(torch.zeros(2, 4, 5), torch.zeros(2, 3), 3, 2, 1.0), "lse must be"),
-    (lambda C: C.causal_probs_(torch.zeros(2, 5, 6).transpose(1, 2), torch.zeros(2, 6), 4, 2, 1.0),
-     "contiguous float32"),
-    (lambda C: C.causal_softmax_backward_(torch.zeros(2, 3), torch.zeros(3, 2), 1.0), "of one shape"),
+    (lambda C: C.causal_attention_forward(torch.zeros(1, 4, 5, 8, dtype=torch.float64),
+                                          *[torch.zeros(1, 2, 5, 8, dtype=torch.float64)] * 2, 1.0), "dtype"),
+    (lambda C: C.causal_attention_forward(torch.zeros(1, 3, 5, 8), *[torch.zeros(1, 2, 5, 8)] * 2, 1.0),
+     "multiple of KV"),
+    (lambda C: C.causal_attention_forward(torch.zeros(1, 4, 5, 8), *[torch.zeros(1, 2, 6, 8)] * 2, 1.0),
+     "as many keys as queries"),
+    (lambda C: C.causal_attention_forward(torch.zeros(4, 5, 8), *[torch.zeros(1, 2, 5, 8)] * 2, 1.0), "4-D"),
+    (lambda C: C.causal_attention_backward(torch.zeros(1, 4, 5, 8), torch.zeros(1, 4, 5, 8),
+                                           *[torch.zeros(1, 2, 5, 8)] * 2, torch.zeros(1, 4, 5), 1.0),
+     "grad_out must be"),
+    (lambda C: C.causal_attention_backward(torch.zeros(1, 5, 4, 8), torch.zeros(1, 4, 5, 8),
+                                           *[torch.zeros(1, 2, 5, 8)] * 2, torch.zeros(1, 4, 4), 1.0),
+     "lse must be"),
 ])
 def test_bad_inputs_name_the_problem(call, message):
     with pytest.raises(RuntimeError, match=message):
