@@ -56,15 +56,16 @@ def _tiny(dtype, kv_heads, layers=3, hidden=128, inter=352, vocab=500):
     return LlamaForCausalLM(config).to(dtype)
 
 
-LAYER_RECOMPUTE = dict(recompute_attention=True)
+LAYER_RECOMPUTE = dict(recompute_attention=True)                 # the default
+KEEP = dict(recompute_attention=False)                           # every layer keeps what its ops save
 CASES = [  # dtype, kv heads, checkpointing, MMAConfig
-    (torch.float32, 2, False, fastmma.MMAConfig()),
-    (torch.bfloat16, 4, False, fastmma.MMAConfig(dropout=0.0)),
+    (torch.float32, 2, False, fastmma.MMAConfig(**KEEP)),
+    (torch.bfloat16, 4, False, fastmma.MMAConfig(dropout=0.0, **KEEP)),
     (torch.bfloat16, 4, False, fastmma.MMAConfig(targets=("attn", "ffn"), recompute_swiglu=False,
-                                                 recompute_norm=False)),
-    (torch.float32, 2, True, fastmma.MMAConfig()),
-    (torch.bfloat16, 4, False, fastmma.MMAConfig(recompute_mlp=True)),
-    (torch.float32, 2, False, fastmma.MMAConfig(targets=("attn", "ffn"), recompute_mlp=True)),
+                                                 recompute_norm=False, **KEEP)),
+    (torch.float32, 2, True, fastmma.MMAConfig(**KEEP)),
+    (torch.bfloat16, 4, False, fastmma.MMAConfig(recompute_mlp=True, **KEEP)),
+    (torch.float32, 2, False, fastmma.MMAConfig(targets=("attn", "ffn"), recompute_mlp=True, **KEEP)),
     (torch.float32, 2, False, fastmma.MMAConfig(**LAYER_RECOMPUTE)),
     (torch.bfloat16, 4, False, fastmma.MMAConfig(targets=("attn", "ffn"), **LAYER_RECOMPUTE)),
     (torch.bfloat16, 4, False, fastmma.MMAConfig(recompute_mlp=True, **LAYER_RECOMPUTE)),

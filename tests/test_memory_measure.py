@@ -140,11 +140,11 @@ def test_fastmma_keeps_less_than_hugging_face_and_no_logits():
     if backend.resolve("rms_norm_adapter", "cpu")[0] == "cpp":
         # SwiGLU keeps gate and up, not silu(gate): one [tokens, intermediate] fp32 less per layer. The fused
         # norm + adapter keeps x and rstd like the norm did, plus h [tokens, r], the row -> table index (int64),
-        # and per layer: the up-projections as one [E, r/G * D] block, the router weights [B, E] (twice) and
-        # the per-sample table [B, r/G, D], all fp32.
+        # and per layer: the router weights [B, E] (mixing the up-projections, which are parameters) and the
+        # per-sample table [B, r/G, D], all fp32.
         rank, experts, per_group = 8, 2, 8 // 2
         adapter_rows = N * rank * F32 + N * 8
-        adapter_tables = (experts * per_group * hidden + 2 * B * experts + B * per_group * hidden) * F32
+        adapter_tables = (B * experts + B * per_group * hidden) * F32
         # fastmma's CPU attention keeps no attention output [tokens, H * hd] (SDPA's does)
         attention_output = N * hidden * F32 if patched.config._attn_implementation == cpu_attention.NAME else 0
         expected = floor.layers[1].storage_bytes - N * inter * F32 - attention_output + adapter_rows + adapter_tables

@@ -217,12 +217,12 @@ def kept_per_token_per_layer(dims: ModelDims, dtype=torch.bfloat16, config: MMAC
 
 def per_layer_constant_bytes(dims: ModelDims, batch: int, dtype=torch.bfloat16, config: MMAConfig | None = None) -> int:
     """Bytes per layer that do not grow with the sequence: the adapter's fp32 tables (per adapted norm:
-    the up-projections [E, r/G * D], the router weights [B, E] twice, the per-sample table [B, r/G, D];
-    the norm weight in fp32 when the model is not)."""
+    the router weights [B, E] and the per-sample table [B, r/G, D]; the norm weight in fp32 when the model
+    is not). The up-projections the router mixes are fp32 parameters: kept, not counted."""
     config = config or MMAConfig()
     size = torch.empty((), dtype=dtype_of(dtype)).element_size()
     d, per_group = dims.hidden_size, config.rank // config.groups
-    site = 4 * (config.experts * per_group * d + 2 * batch * config.experts + batch * per_group * d)
+    site = 4 * (batch * config.experts + batch * per_group * d)
     site += 4 * d if size < 4 else 0
     return len(config.targets) * site
 

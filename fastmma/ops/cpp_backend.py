@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import backend
-from .norm_adapter import OP_FOLDED, OP_PER_SAMPLE, OP_PER_TOKEN, FoldedAdapter
+from .norm_adapter import OP_FOLDED, OP_PER_SAMPLE, OP_PER_TOKEN, FoldedAdapter, mix_experts
 
 try:
     from .. import _C
@@ -78,9 +78,9 @@ def cpp_rms_norm_adapter(x, norm_weight, eps, down_weight, down_bias, up_weight,
         raise ValueError(f"router_weights must have shape [batch={batch}, experts]; got {tuple(router_weights.shape)}")
     acc = _accumulation_dtype(x)
     weights = router_weights.to(acc)                                                   # [B, E]
-    # routed_up_projection's sum, written straight into the kernel's [B, r/G, D] layout (no transposed copy)
-    up_table = scale * torch.einsum("be,edk->bkd", weights, up_weight.to(acc))       # [B, r/G, D]
-    bias_table = scale * weights @ up_bias.to(acc)                                     # [B, D]
+    # routed_up_projection's sum, in the kernel's [B, r/G, D] layout
+    up_table = scale * mix_experts(weights, up_weight.to(acc).transpose(1, 2))       # [B, r/G, D]
+    bias_table = scale * mix_experts(weights, up_bias.to(acc))                         # [B, D]
     table_index = torch.arange(batch, device=x.device).repeat_interleave(length)       # [B*L]
     return _fused(x, norm_weight, eps, down_weight, down_bias, up_table, bias_table, table_index, h_mask)
 
