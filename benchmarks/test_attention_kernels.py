@@ -4,8 +4,8 @@ key/value heads of 64, forward + backward (what one decoder layer's attention co
     python -m pytest benchmarks/test_attention_kernels.py --benchmark-only --benchmark-json=attention.json
 
 Each group is one dtype and holds:
-  fastmma_cpu   fastmma/ops/cpp_causal_attention.py: torch's flash forward, the blocked backward that keeps
-                q, k, v and the log-sum-exp (no output);
+  fastmma_cpu   fastmma/ops/cpp_causal_attention.py (csrc/causal_attention.cpp): blocked C++ forward and
+                backward, the backward keeping q, k, v and the log-sum-exp (no output);
   sdpa          torch.nn.functional.scaled_dot_product_attention(is_causal=True, enable_gqa=True), as
                 transformers' "sdpa" calls it (it keeps the output as well).
 q arrives as transformers makes it: a [B, H, L, d] view of a [B, L, H, d] projection output.

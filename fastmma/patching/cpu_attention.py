@@ -2,8 +2,8 @@
 
 Registered with transformers' AttentionInterface (and a mask function, `fastmma_mask`) under `NAME`, so
 a model set to it calls `fastmma_attention` from its attention layers. Training-shaped calls on CPU (causal, no
-mask, as many keys as queries, no dropout) run fastmma/ops/cpp_causal_attention.py: torch's flash kernel
-forward, a backward that keeps q, k, v and the rows' log-sum-exp only. Every other call (a padding mask,
+mask, as many keys as queries, no dropout) run fastmma/ops/cpp_causal_attention.py: C++ blocked forward
+and backward, the backward keeping q, k, v and the rows' log-sum-exp only. Every other call (a padding mask,
 decoding with a KV cache, dropout, a sliding window shorter than the sequence, another device, a missing
 extension) is transformers' SDPA function, unchanged. Under selective layer recomputation
 (memory/layer_recompute.py) the forward keeps the log-sum-exp in the layer's stash, and the replay in

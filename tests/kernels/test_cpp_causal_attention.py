@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.skipif(not cpp_backend.is_available(),
                                  reason="fastmma's C++ extension is not built (pip install --no-build-isolation -e .)")]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# (batch, query heads, key/value heads, length, head dim): blocks of 64 positions for up to 3 heads per key/value
-# head (130 = 2 blocks + 2 rows), of 16 positions for 12 or more (45 = 2 blocks + 13 rows)
+# (batch, query heads, key/value heads, length, head dim): blocks of 96 / (heads per key/value head) positions,
+# 16 to 64: 64 for one (130 = 2 blocks + 2 rows), 32 for three (97 = 3 blocks + 1), 16 for 16 (45 = 2 blocks + 13)
 SHAPES = [(2, 6, 2, 37, 16), (1, 4, 4, 130, 8), (3, 3, 1, 1, 5), (1, 2, 1, 64, 24), (2, 9, 3, 97, 64),
           (1, 16, 1, 45, 8)]
 
@@ -139,9 +139,10 @@ def test_the_fallback_under_bf16_autocast_still_computes_in_float32(aten_gemm):
 def test_gradients_of_any_layout():
     query, key, value, grad_out = (t.float() for t in _inputs((2, 6, 3, 33, 8), seed=9))
     expected = _run(_fast, (query, key, value, grad_out), torch.float32)
-    strided = (query.contiguous(), key.transpose(1, 2).contiguous().transpose(1, 2),
-               value.transpose(1, 2).contiguous().transpose(1, 2), grad_out.transpose(1, 2).contiguous().transpose(1, 2))
-    assert not strided[1].is_contiguous() and not strided[3].is_contiguous()
+    spread_value = torch.stack([value, torch.full_like(value, float("nan"))], dim=-1)[..., 0]     # d-stride 2
+    strided = (query.contiguous(), key.transpose(1, 2).contiguous().transpose(1, 2),                # rows KV*d apart
+               spread_value, grad_out.transpose(1, 2).contiguous().transpose(1, 2))
+    assert strided[1].stride(2) == 3 * 8 and strided[2].stride(3) == 2 and not strided[3].is_contiguous()
     got = _run(_fast, strided, torch.float32)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
