@@ -6,6 +6,7 @@
 #include "few_rows_linear.h"
 #include "norm_adapter.h"
 #include "outputs.h"
+#include "rms_norm.h"
 #include "rotary.h"
 #include "swiglu.h"
 
@@ -58,6 +59,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("rotary_backward", &fastmma::rotary_backward,
              "Input gradient of rotary_forward: grad * cos - rotate_half(grad * sin)", pybind11::arg("grad_out"),
              pybind11::arg("cos"), pybind11::arg("sin"));
+  module.def("rms_norm_input_grad", &fastmma::rms_norm_input_grad,
+             "Input gradient of a frozen RMSNorm from its input and rstd: rstd * (g - n * mean(g * n)), g = grad_y * "
+             "weight, n = x * rstd", pybind11::arg("grad_y"), pybind11::arg("x"), pybind11::arg("weight"),
+             pybind11::arg("rstd"));
   module.def("set_poison_outputs", &fastmma::set_poison_outputs,
              "Tests: fill every output the kernels allocate with NaN before computing it", pybind11::arg("enabled"));
 }

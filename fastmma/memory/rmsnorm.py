@@ -2,7 +2,8 @@
 
 Autograd's plain version, for a bf16/fp16 input, keeps the fp32 upcast of the input (twice the
 input's bytes) and rstd; this one keeps the input in its own dtype and rstd [..., 1] (fp32) and
-recomputes the normalized rows in backward. For fp32 inputs both keep the same bytes.
+recomputes the normalized rows in backward. For fp32 inputs both keep the same bytes. On CPU the input
+gradient of a frozen norm is one C++ pass per row (fastmma/ops/cpp_rms_norm.py).
 
     y = weight * (x32 * rstd).to(x.dtype),   rstd = 1 / sqrt(mean(x32^2) + eps),   x32 = x in fp32
 
@@ -12,6 +13,8 @@ so a patched model's outputs equal the base model's bit for bit.
 from __future__ import annotations
 
 import torch
+
+from ..ops import cpp_rms_norm
 
 
 def _rms_norm_forward(x, weight, eps) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +33,8 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, rstd = ctx.saved_tensors
+        if not ctx.needs_input_grad[1] and cpp_rms_norm.applies(grad_y, x, weight):
+            return cpp_rms_norm.input_grad(grad_y, x, weight, rstd), None, None
         compute = rstd.dtype
         normed = x.to(compute) * rstd                                                 # [..., D]
         grad_normed = (grad_y * weight).to(x.dtype).to(compute)                      # as autograd's cast chain

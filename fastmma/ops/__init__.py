@@ -11,3 +11,4 @@ from . import cpp_swiglu  # noqa: F401,E402
 from . import cpp_cross_entropy  # noqa: F401,E402
 from . import cpp_few_rows_linear  # noqa: F401,E402
 from . import cpp_rotary  # noqa: F401,E402
+from . import cpp_rms_norm  # noqa: F401,E402
