@@ -38,8 +38,8 @@ Geometry geometry(const at::Tensor& query, const at::Tensor& key, double scale) 
           block_positions(heads / kv_heads), static_cast<float>(scale)};
 }
 
-// A float32 [B, KV, L, d]-indexed tensor whose rows (over L) are contiguous d-vectors `ld` apart: the operand
-// itself when it is float32 with unit stride over d (a transposed view of [B, L, KV, d] included), else a
+// A float32 [B, KV, L, d]-indexed tensor whose rows (over L) are contiguous d-vectors `ld` >= d apart: the
+// operand itself when it is float32 with such rows (a transposed view of [B, L, KV, d] included), else a
 // contiguous float32 copy (`storage` keeps it alive).
 struct FloatRows {
   at::Tensor storage;
@@ -52,7 +52,8 @@ struct FloatRows {
 };
 
 FloatRows float_rows(const at::Tensor& x) {
-  const at::Tensor rows = x.scalar_type() == at::kFloat && x.stride(3) == 1 ? x : x.to(at::kFloat).contiguous();
+  const bool in_place = x.scalar_type() == at::kFloat && x.stride(3) == 1 && x.stride(2) >= x.size(3);
+  const at::Tensor rows = in_place ? x : x.to(at::kFloat).contiguous();
   return {rows, rows.data_ptr<float>(), rows.stride(0), rows.stride(1), rows.stride(2)};
 }
 

@@ -146,6 +146,11 @@ def test_gradients_of_any_layout():
     got = _run(_fast, strided, torch.float32)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    one_key = key[:, :, :1].expand(key.shape)                                   # every row the same: stride 0
+    broadcast = _run(_fast, (query, one_key, value, grad_out), torch.float32)
+    copied = _run(_fast, (query, one_key.contiguous(), value, grad_out), torch.float32)
+    for g, e in zip(broadcast, copied):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
 
 
 def test_inference_forward_matches_the_training_forward():
