@@ -1,6 +1,7 @@
 // Input gradient of a frozen RMSNorm, y = weight * (x * rstd rounded to x's dtype), from its input and rstd
 // (what fastmma.memory.rmsnorm keeps for backward), in one pass over each row on CPU. float32, bfloat16 or
-// float16 operands of one dtype, computed in float32, rounded once.
+// float16 operands of one dtype, computed in float32; the scaled gradient is rounded as autograd's product
+// is, and the result once.
 #pragma once
 
 #include <ATen/ATen.h>

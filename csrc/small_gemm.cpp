@@ -51,7 +51,7 @@ void gemm_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, floa
   }
   TORCH_CHECK(fits_int(m) && fits_int(n) && fits_int(k) && fits_int(lda) && fits_int(ldb) && fits_int(ldc),
               "fastmma gemm: a block dimension exceeds 32-bit BLAS indices (m=", m, ", n=", n, ", k=", k, ")");
-  if (!use_blas()) {
+  if (!use_blas() || k == 0) {                                     // some BLAS reject k = 0 with lda = 0
     aten_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
@@ -59,10 +59,6 @@ void gemm_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, floa
   const char op_a = trans_a ? 'T' : 'N', op_b = trans_b ? 'T' : 'N';
   const int rows = static_cast<int>(n), columns = static_cast<int>(m), inner = static_cast<int>(k);
   const int ld_a = static_cast<int>(lda), ld_b = static_cast<int>(ldb), ld_c = static_cast<int>(ldc);
-  if (k == 0) {                                                     // some BLAS reject k = 0 with lda = 0
-    aten_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    return;
-  }
   sgemm_(&op_b, &op_a, &rows, &columns, &inner, &alpha, b, &ld_b, a, &ld_a, &beta, c, &ld_c);
 }
 
