@@ -1,8 +1,15 @@
 """Test-wide set-up. TRITON_INTERPRET must be set before any @triton.jit function is defined,
-so it is set here, before fastmma is imported, to run the Triton kernels on the CPU."""
+so it is set here, before fastmma is imported, to run the Triton kernels on the CPU.
+
+FASTMMA_TEST_DEVICE=cuda runs the Triton kernel tests (tests/kernels/test_triton_*.py) on a CUDA GPU
+instead, compiled, without the interpreter:
+
+    FASTMMA_TEST_DEVICE=cuda python3 -m pytest tests/kernels -k triton
+"""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("FASTMMA_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

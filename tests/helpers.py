@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
@@ -12,6 +13,9 @@ import fastmma
 TINY_DIMS = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
                  eos_token_id=2)
+
+# Where the Triton kernel tests run: "cpu" (Triton's interpreter, the default) or "cuda" (tests/conftest.py).
+TEST_DEVICE = torch.device(os.environ.get("FASTMMA_TEST_DEVICE", "cpu"))
 
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM),

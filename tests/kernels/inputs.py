@@ -33,7 +33,7 @@ def logits_and_adapter_grads(model, ids, modality):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(123)
     logits = model(ids, modality=modality).logits                                 # [B, L, V]
-    loss_weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5))
+    loss_weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5)).to(logits.device)
     (logits * loss_weights).sum().backward()
     return logits.detach(), {name: p.grad.clone() for name, p in fastmma.adapter_parameters(model).items()}
 

@@ -1,4 +1,5 @@
-"""The Triton kernels (run by Triton's CPU interpreter) against the fp64 LaVIN-layout oracle.
+"""The Triton kernels (run by Triton's CPU interpreter, or on a GPU with FASTMMA_TEST_DEVICE=cuda) against the
+fp64 LaVIN-layout oracle.
 
 Each case runs the op three ways on the same random inputs: the fp64 reference (exact),
 plain PyTorch in the case's dtype (plain) and Triton in that dtype (fast), forward and
@@ -21,7 +22,7 @@ from fastmma.kernels import buffers, norm_adapter_backward
 from fastmma.ops import backend, norm_adapter, norm_adapter_linear
 from fastmma.ops import triton_backend  # registers the "triton" backend
 
-from ..helpers import assert_close_to_reference
+from ..helpers import TEST_DEVICE, assert_close_to_reference
 from .inputs import make_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,17 +65,17 @@ def run(fn, inputs, dtype, frozen=FROZEN_PROJECTION):
     leaves = {}
     for name, value in inputs.items():
         if value is None or not value.is_floating_point():
-            leaves[name] = value
+            leaves[name] = value if value is None else value.to(TEST_DEVICE)
             continue
         cast = dtype if name in ACTIVATION_INPUTS or dtype == torch.float64 else torch.float32
-        leaves[name] = value.detach().clone().to(cast).requires_grad_(name not in frozen and name != "h_mask")
+        leaves[name] = value.detach().clone().to(TEST_DEVICE, cast).requires_grad_(name not in frozen and name != "h_mask")
     routing = leaves["expert_ids"] if "expert_ids" in leaves else leaves["router_weights"]
     args = [leaves["x"], leaves["norm_weight"], EPS, leaves["down_weight"], leaves["down_bias"], leaves["up_weight"],
             leaves["up_bias"], routing, SCALE, leaves["h_mask"]]
     if "proj_weight" in leaves:
         args += [leaves["proj_weight"], leaves["proj_bias"]]
     out = fn(*args)
-    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.dtype)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out.device, out.dtype)
     out.backward(grad_out)
     grads = {name: leaf.grad for name, leaf in leaves.items()
              if isinstance(leaf, torch.Tensor) and leaf.requires_grad}
