@@ -108,12 +108,12 @@ class LaVINStyleNorm(nn.Module):
 def lavin_style(base, linear_form: bool):
     model = copy.deepcopy(base)
     model.requires_grad_(False)
-    dtype = model.get_input_embeddings().weight.dtype
+    weight = model.get_input_embeddings().weight
     adapter_class = LaVINLinearAdapter if linear_form else LaVINAdapter
     torch.manual_seed(0)
     for layer in decoder_layers(model):
         adapter = adapter_class(model.config.hidden_size, RANK, GROUPS, EXPERTS, SCALE, TEMPERATURE, DROPOUT)
-        layer.input_layernorm = LaVINStyleNorm(layer.input_layernorm, adapter.to(dtype))
+        layer.input_layernorm = LaVINStyleNorm(layer.input_layernorm, adapter.to(weight.device, weight.dtype))
     return model
 
 

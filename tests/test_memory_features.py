@@ -56,3 +56,21 @@ def test_defaults_match_every_feature_off_over_ten_adamw_steps(family, autocast)
         with torch.no_grad():                                  # the next step starts both from the same weights
             for name, p in plain_params.items():
                 fast_params[name].copy_(p)
+
+
+def test_training_keeps_no_kv_cache_unless_asked():
+    """A training forward (train mode, autograd on) would otherwise fill a DynamicCache that nothing reads and
+    keep every layer's k and v alive through backward; use_cache=True and inference still get their cache."""
+    from fastmma.kv_cache import output_cache
+
+    model = fastmma.patch(tiny_causal_lm("llama"), fastmma.MMAConfig()).train()
+    assert model.config.use_cache
+    ids, labels = ids_and_labels(0)
+    assert output_cache(model(ids, labels=labels, modality=0)) is None               # chunked loss path
+    assert output_cache(model(ids, modality=0)) is None                              # plain forward
+    cache = output_cache(model(ids, modality=0, use_cache=True))
+    assert cache is not None and cache.get_seq_length() == ids.shape[1]
+    with torch.no_grad():
+        assert output_cache(model(ids, modality=0)) is not None                      # no autograd: cached
+    model.eval()
+    assert output_cache(model(ids, modality=0)) is not None                          # eval mode: cached

@@ -163,6 +163,7 @@ def time_forward_backward(fn, args, with_backward: bool) -> tuple[float, float |
         with torch.no_grad():
             fn(*args)                                                   # warm-up: compiles, autotunes
             return do_bench(lambda: fn(*args), return_mode="median"), None
+    torch._functorch.config.donated_buffer = False    # torch.compile's backward is timed with retain_graph=True
     leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
     out = fn(*args)
     grad_out = torch.randn_like(out)

@@ -23,7 +23,7 @@ from .layout import RowLayout
 from .tiles import load_down_tile, load_rank_tile, load_row_tile, load_up_tile, load_vector, segment_block_rows
 
 BLOCK_M = 16
-BLOCK_D = 128
+BLOCK_D = 256          # the fastest of BLOCK_M 16/32/64 x BLOCK_D 64-512 x 4/8 warps on an H100 (7B shapes, bf16)
 NUM_WARPS = 4
 
 
@@ -62,7 +62,7 @@ def _norm_adapter_forward_kernel(
         x_ptr, norm_weight_ptr, down_weight_ptr, down_bias_ptr, up_tables_ptr, bias_tables_ptr, h_mask_ptr,
         row_order_ptr, segment_starts_ptr, y_ptr, rstd_ptr, h_pre_ptr,
         hidden, rank, rank_per_group, cols_per_group, eps,
-        HAS_MASK: tl.constexpr, WRITE_Y: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+        HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
         RANK_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr):
     table = tl.program_id(0)
     segment_end = tl.load(segment_starts_ptr + table + 1)
@@ -76,40 +76,39 @@ def _norm_adapter_forward_kernel(
     tl.store(rstd_ptr + rows, rstd, mask=row_valid)
     tl.store(h_pre_ptr + rows[:, None] * rank + ranks[None, :], h_pre,
              mask=row_valid[:, None] & (ranks[None, :] < rank))
-    if WRITE_Y:
-        h = h_pre
-        if HAS_MASK:
-            h = h * load_rank_tile(h_mask_ptr, rows, row_valid, ranks, rank)
-        up_table_ptr = up_tables_ptr + table * hidden * rank_per_group
-        bias_table_ptr = bias_tables_ptr + table * hidden
-        for col_start in range(0, tl.where(active, hidden, 0), BLOCK_D):
-            cols = col_start + tl.arange(0, BLOCK_D)
-            y = adapted_tile(x_ptr, norm_weight_ptr, up_table_ptr, bias_table_ptr, rows, row_valid, rstd, h, cols,
-                             ranks, hidden, rank, rank_per_group, cols_per_group, DOT_PRECISION)
-            tl.store(y_ptr + rows[:, None] * hidden + cols[None, :], y.to(y_ptr.dtype.element_ty),
-                     mask=row_valid[:, None] & (cols[None, :] < hidden))
+    h = h_pre
+    if HAS_MASK:
+        h = h * load_rank_tile(h_mask_ptr, rows, row_valid, ranks, rank)
+    up_table_ptr = up_tables_ptr + table * hidden * rank_per_group
+    bias_table_ptr = bias_tables_ptr + table * hidden
+    for col_start in range(0, tl.where(active, hidden, 0), BLOCK_D):
+        cols = col_start + tl.arange(0, BLOCK_D)
+        y = adapted_tile(x_ptr, norm_weight_ptr, up_table_ptr, bias_table_ptr, rows, row_valid, rstd, h, cols,
+                         ranks, hidden, rank, rank_per_group, cols_per_group, DOT_PRECISION)
+        tl.store(y_ptr + rows[:, None] * hidden + cols[None, :], y.to(y_ptr.dtype.element_ty),
+                 mask=row_valid[:, None] & (cols[None, :] < hidden))
 
 
 def launch_norm_adapter_forward(x, norm_weight, eps, down_weight, down_bias, up_tables, bias_tables, h_mask,
-                                layout: RowLayout, write_y: bool = True):
+                                layout: RowLayout):
     """x [M, D], up_tables [T, D, r/G], bias_tables [T, D] (fp32), h_mask [M, r] or None; all contiguous.
 
-    Returns (y [M, D] in x's dtype, or None when not write_y; rstd [M] fp32; h_pre [M, r] fp32).
+    Returns (y [M, D] in x's dtype, rstd [M] fp32, h_pre [M, r] fp32).
     """
     rows, hidden = x.shape
-    if write_y and rows <= DECODE_MAX_ROWS:
+    if rows <= DECODE_MAX_ROWS:
         return norm_adapter_decode.launch_decode_forward(x, norm_weight, eps, down_weight, down_bias, up_tables,
                                                   bias_tables, h_mask, layout)
     rank = down_weight.shape[0]
     rank_per_group = up_tables.shape[2]
-    y = buffers.new_buffer((rows, hidden), x.dtype, x.device) if write_y else None          # [M, D]
+    y = buffers.new_buffer((rows, hidden), x.dtype, x.device)                                # [M, D]
     rstd = buffers.new_buffer((rows,), torch.float32, x.device)                              # [M]
     h_pre = buffers.new_buffer((rows, rank), torch.float32, x.device)                        # [M, r]
     grid = (layout.num_tables, segment_blocks(layout.max_segment_rows, BLOCK_M))
     _norm_adapter_forward_kernel[grid](
         x, norm_weight, down_weight, down_bias, up_tables, bias_tables, x if h_mask is None else h_mask,
-        layout.row_order, layout.segment_starts, x if y is None else y, rstd, h_pre,
+        layout.row_order, layout.segment_starts, y, rstd, h_pre,
         hidden, rank, rank_per_group, hidden // (rank // rank_per_group), eps,
-        HAS_MASK=h_mask is not None, WRITE_Y=write_y, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, RANK_PAD=rank_pad(rank),
+        HAS_MASK=h_mask is not None, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, RANK_PAD=rank_pad(rank),
         DOT_PRECISION=adapter_dot_precision(x.dtype), num_warps=NUM_WARPS)
     return y, rstd, h_pre

@@ -9,8 +9,8 @@ tables [T, D, r/G] (and biases [T, D]), already multiplied by `scale`:
   autograd carries the table gradients P_b on: dU_e = scale * sum_b w_be P_b and
   d router_weights[b, e] = scale * (<P_b, U_e> + <dc_eff_b, c_e>));
 - per token:   table e = scale * U_e, and each row picks its expert's table.
-`rms_norm_adapter_linear` (per sample) has its own Function: the projection's GEMM builds the
-adapted activation in its prologue, and its backward feeds dy = dOut W to the same kernels.
+`rms_norm_adapter_linear` (per sample) has its own Function: the adapted activation goes straight
+into cuBLAS's GEMM and is not kept, and its backward feeds dy = dOut W to the same kernels.
 """
 from __future__ import annotations
 

@@ -37,6 +37,8 @@ def _make_patched_class(base_class: type) -> type:
     def forward(self, *args, modality=None, **kwargs):
         _reject_misspelled_modality(kwargs)
         bound = base_signature.bind_partial(self, *args, **kwargs).arguments
+        if _fills_an_unread_cache(self, bound, base_signature):
+            kwargs["use_cache"] = bound["use_cache"] = False
         batch_size, device = _batch_size_and_device(bound)
         state = self._fastmma
         modality_ids = modality_ids_for(modality, batch_size, state.config.num_modalities, device)
@@ -71,6 +73,14 @@ def _reject_misspelled_modality(kwargs: dict) -> None:
     if misspelled:
         raise TypeError(f"the patched model's forward got {misspelled}; the modality keyword is `modality=` "
                         f"(an int, or a LongTensor [batch] of ids: 0 = text, 1 = image)")
+
+
+def _fills_an_unread_cache(model, arguments: dict, signature: inspect.Signature) -> bool:
+    """Training (train mode, autograd on) with `use_cache` not given: Hugging Face would fill a KV cache that
+    nothing reads and keep every layer's k and v alive until the step ends (16 KB per token per layer at
+    LLaMA-7B in bf16, beyond what recompute_attention keeps). An explicit use_cache=True is obeyed."""
+    return (model.training and torch.is_grad_enabled() and "use_cache" in signature.parameters
+            and "use_cache" not in arguments)
 
 
 def _wants_chunked_loss(model, arguments: dict) -> bool:

@@ -180,7 +180,8 @@ def test_dispatch_picks_triton_only_when_asked_on_cpu(monkeypatch):
 
 def op_args(inputs, **changes):
     """Positional arguments of rms_norm_adapter built from `inputs`, some of them replaced."""
-    values = {**inputs, **changes}
+    values = {name: value.to(TEST_DEVICE) if isinstance(value, torch.Tensor) else value
+              for name, value in {**inputs, **changes}.items()}
     return [values["x"], values["norm_weight"], EPS, values["down_weight"], values["down_bias"], values["up_weight"],
             values["up_bias"], values["router_weights"], SCALE, values["h_mask"]]
 
@@ -197,8 +198,9 @@ def test_bad_inputs_raise_clear_errors(triton_backend_on, monkeypatch):
     with pytest.raises(ValueError, match="expert_ids must lie in"):
         norm_adapter.rms_norm_adapter_by_expert(*op_args(inputs, router_weights=out_of_range_ids))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    cpu_args = [value.cpu() if isinstance(value, torch.Tensor) else value for value in op_args(inputs)]
     with pytest.raises(RuntimeError, match="runs CUDA tensors"):
-        triton_backend.triton_rms_norm_adapter(*op_args(inputs))
+        triton_backend.triton_rms_norm_adapter(*cpu_args)
 
 
 def test_registers_nothing_without_triton():
