@@ -24,7 +24,8 @@ def adapter_dot_precision(activation_dtype: torch.dtype) -> str:
 
     Their results feed fp32 adapter gradients, not only outputs rounded to bf16/fp16: with "tf32" (up
     operands rounded to a 10-bit mantissa) an H100 made the fp16 down-bias gradient 3x plain PyTorch's
-    error. The products are r <= 64 wide, so exact fp32 costs the memory-bound kernels nothing measurable.
+    error. The products are at most 64 wide (r padded to a power of two >= 16); their cost against tf32 was
+    not timed separately (every kernel timing in docs/kernels.md is with "ieee").
     """
     return "ieee"
 
