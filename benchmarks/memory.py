@@ -64,7 +64,7 @@ from fastmma.ops import backend, cpp_cross_entropy, cpp_swiglu  # noqa: E402
 from fastmma.memory.measure import decoder_layers, measure_saved_bytes, peak_bytes_during  # noqa: E402
 from fastmma.patching import cpu_attention  # noqa: E402
 from fastmma.reference import LaVINAdapter  # noqa: E402
-from timing import interleaved, keep_freed_memory, summary  # noqa: E402  (benchmarks/timing.py)
+from timing import interleaved, keep_freed_memory, paired_ratio, summary  # noqa: E402  (benchmarks/timing.py)
 
 KB = 1000
 RANK, GROUPS, EXPERTS, SCALE, TEMPERATURE, DROPOUT = 8, 2, 2, 1.0, 10.0, 0.1
@@ -306,11 +306,17 @@ def time_steps(variants, rounds, warmup) -> dict:
     floor = out["hf_no_adapter"]["median_ms"]
     ratios = {f"{name}_over_floor": row["median_ms"] / floor for name, row in out.items()}
     ratios["fastmma_ckpt_over_fastmma"] = out["fastmma_ckpt"]["median_ms"] / out["fastmma"]["median_ms"]
+    # The same round's steps against each other: the machine's drift between rounds cancels.
+    paired = {f"{name}_over_floor": paired_ratio(seconds, times["hf_no_adapter"]) for name, seconds in times.items()
+              if name != "hf_no_adapter"}
     for name, row in out.items():
+        pair = paired.get(f"{name}_over_floor")
+        pair_text = f"; per round {pair['median']:.3f}x (IQR {pair['q1']:.3f}-{pair['q3']:.3f})" if pair else ""
         print(f"step {name:14s} median {row['median_ms']:8.1f} ms (IQR {row['q1_ms']:.1f}-{row['q3_ms']:.1f}, "
-              f"min {row['min_ms']:.1f}, max {row['max_ms']:.1f}) = {ratios[name + '_over_floor']:.3f}x floor",
-              flush=True)
-    return {"per_variant": out, "ratios": ratios}
+              f"min {row['min_ms']:.1f}, max {row['max_ms']:.1f}) = {ratios[name + '_over_floor']:.3f}x floor"
+              f"{pair_text}", flush=True)
+    return {"per_variant": out, "ratios": ratios, "paired_ratios": paired,
+            "seconds": {name: list(seconds) for name, seconds in times.items()}}
 
 
 def static_bytes(model, optimizer) -> int:
