@@ -319,11 +319,12 @@ def time_steps(variants, rounds, warmup) -> dict:
             "seconds": {name: list(seconds) for name, seconds in times.items()}}
 
 
-def static_bytes(model, optimizer) -> int:
+def static_bytes(model, optimizer=None) -> int:
+    """Bytes of the model's parameters and buffers and of the optimizer's states, each storage once."""
     storages = {}
     for tensor in [*model.parameters(), *model.buffers()]:
         storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-    for state in optimizer.state.values():
+    for state in (optimizer.state.values() if optimizer is not None else ()):
         for value in state.values():
             if torch.is_tensor(value):
                 storages[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()

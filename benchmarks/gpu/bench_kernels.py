@@ -163,7 +163,6 @@ def time_forward_backward(fn, args, with_backward: bool) -> tuple[float, float |
         with torch.no_grad():
             fn(*args)                                                   # warm-up: compiles, autotunes
             return do_bench(lambda: fn(*args), return_mode="median"), None
-    torch._functorch.config.donated_buffer = False    # torch.compile's backward is timed with retain_graph=True
     leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
     out = fn(*args)
     grad_out = torch.randn_like(out)
@@ -185,6 +184,7 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
 
 
 def run_benchmarks(s: Shape, decode: Shape, dtype: torch.dtype) -> None:
+    torch._functorch.config.donated_buffer = False    # torch.compile's backward is timed with retain_graph=True
     bandwidth = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s")
     print(f"{'op':28s} {'pass':8s} {'impl':14s} {'ms':>9s} {'GB/s':>8s} {'TFLOP/s':>8s} {'floor ms':>9s}")

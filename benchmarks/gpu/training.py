@@ -28,7 +28,6 @@ import datetime
 import gc
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,6 +39,8 @@ from fastmma.checkpointing import enable_checkpointing  # noqa: E402
 from fastmma.memory.estimate import PRESETS, estimate_memory  # noqa: E402
 from fastmma.ops import backend, cpp_cross_entropy, cpp_swiglu  # noqa: E402
 from fastmma.patching import cpu_attention  # noqa: E402
+from memory import NO_RECOMPUTE_ATTENTION, lavin_style, peft_lora, static_bytes  # noqa: E402  (benchmarks/memory.py)
+from timing import interleaved, summary  # noqa: E402  (benchmarks/timing.py)
 
 GIB = 1024 ** 3
 DEVICE = "cuda"
@@ -62,18 +63,19 @@ def random_base(preset: str, dtype: torch.dtype, seed: int = 0):
     return model.requires_grad_(False)
 
 
+def fastmma_config(variant: str) -> fastmma.MMAConfig:
+    return NO_RECOMPUTE_ATTENTION if variant == "fastmma_no_recompute_attention" else fastmma.MMAConfig()
+
+
 def build_variant(name: str, base):
     """(model, forward kwargs without the inputs) for one variant; `base` is consumed (patched in place)."""
-    from memory import NO_RECOMPUTE_ATTENTION, lavin_style, peft_lora
-
     if name == "hf_no_adapter":
         return base, {}
     if name == "lavin_style":
         return lavin_style(base, linear_form=False), {}
     if name == "peft_lora_qv":
         return peft_lora(base), {}
-    config = NO_RECOMPUTE_ATTENTION if name == "fastmma_no_recompute_attention" else fastmma.MMAConfig()
-    model = fastmma.patch(base, config)
+    model = fastmma.patch(base, fastmma_config(name))
     if name == "fastmma_ckpt":
         enable_checkpointing(model)
     return model, {"modality": 0}
@@ -100,11 +102,7 @@ class TrainingStep:
         torch.cuda.synchronize()
 
     def static_bytes(self) -> int:
-        from memory import static_bytes
-
-        if self.optimizer is not None:
-            return static_bytes(self.model, self.optimizer)
-        return static_bytes(self.model, torch.optim.AdamW([torch.zeros(1, device=DEVICE, requires_grad=True)]))
+        return static_bytes(self.model, self.optimizer)
 
 
 def peak_of_step(step: TrainingStep) -> dict:
@@ -120,10 +118,7 @@ def peak_of_step(step: TrainingStep) -> dict:
 
 
 def estimate_for(variant: str, model, batch: int, seq_len: int, dtype: torch.dtype) -> dict:
-    from memory import NO_RECOMPUTE_ATTENTION
-
-    config = NO_RECOMPUTE_ATTENTION if variant == "fastmma_no_recompute_attention" else fastmma.MMAConfig()
-    kwargs = dict(checkpointing=variant == "fastmma_ckpt", config=config,
+    kwargs = dict(checkpointing=variant == "fastmma_ckpt", config=fastmma_config(variant),
                   fused_swiglu=backend.has_implementation(cpp_swiglu.OP_SWIGLU, DEVICE),
                   fused_loss=cpp_cross_entropy.applies(torch.device(DEVICE), dtype),
                   fused_attention=model.config._attn_implementation == cpu_attention.NAME)
@@ -131,15 +126,6 @@ def estimate_for(variant: str, model, batch: int, seq_len: int, dtype: torch.dty
     with_overhead = estimate_memory(model.config, batch, seq_len, dtype, gpu_overhead=True, **kwargs)
     return {"estimated_peak_allocated_bytes": bare.peak_allocated_bytes,
             "estimated_peak_with_gpu_allowance_bytes": with_overhead.peak_bytes}
-
-
-def timed(step: TrainingStep, rounds: int) -> list[float]:
-    seconds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def describe(case: str, variant: str, row: dict) -> None:
@@ -157,8 +143,6 @@ def describe(case: str, variant: str, row: dict) -> None:
 
 def smollm2_case(dtype_name: str, variants: list[str], rounds: int, warmup: int) -> dict:
     """Every variant alive at once (135M parameters each), steps interleaved round by round."""
-    from timing import interleaved, summary
-
     dtype = DTYPES[dtype_name]
     batch, seq_len = 4, 256
     ids = torch.randint(0, PRESETS["smollm2-135m"]["vocab_size"], (batch, seq_len),
@@ -189,8 +173,6 @@ def smollm2_case(dtype_name: str, variants: list[str], rounds: int, warmup: int)
 
 def llama7b_case(batch: int, variants: list[str], rounds: int, warmup: int, seq_len: int = 512) -> dict:
     """One variant at a time on the GPU (a 7B model is 12.6 GiB in bf16)."""
-    from timing import summary
-
     ids = torch.randint(0, PRESETS["llama-7b"]["vocab_size"], (batch, seq_len),
                         generator=torch.Generator().manual_seed(0)).to(DEVICE)
     rows = {}
@@ -204,7 +186,7 @@ def llama7b_case(batch: int, variants: list[str], rounds: int, warmup: int, seq_
         row = rows[variant] = peak_of_step(step)
         if variant.startswith("fastmma"):
             row.update(estimate_for(variant, model, batch, seq_len, torch.bfloat16))
-        row["step_ms"] = summary(timed(step, rounds))
+        row["step_ms"] = summary(interleaved({variant: step}, rounds, 0)[variant])
         describe(f"llama7b bf16 B={batch} L={seq_len}", variant, row)
         del step, model
         gc.collect()
